@@ -1,0 +1,3 @@
+"""Command-line interface (typer)."""
+def main():
+    pass

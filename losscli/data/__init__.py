@@ -1,0 +1,1 @@
+"""Datasets: embedded files, generators and real loaders."""

@@ -1,0 +1,36 @@
+"""The standard jobs, by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from losscli.errors import UnknownNameError
+from losscli.jobs.base import Budget, Job, JobData, TaskFile, load_task_file
+from losscli.jobs.classification import FashionJob, MnistJob
+
+__all__ = ["Budget", "Job", "JobData", "TaskFile", "create_job", "job_names", "list_jobs",
+           "load_task_file", "resolve_job_name"]
+
+_JOBS: dict[str, type[Job]] = {cls.name: cls for cls in (MnistJob, FashionJob)}
+
+
+def list_jobs() -> list[type[Job]]:
+    return list(_JOBS.values())
+
+
+def job_names(with_aliases: bool = False) -> list[str]:
+    names = list(_JOBS)
+    if with_aliases:
+        names += [a for cls in _JOBS.values() for a in cls.aliases]
+    return names
+
+
+def resolve_job_name(name: str) -> str:
+    for cls in _JOBS.values():
+        if name == cls.name or name in cls.aliases:
+            return cls.name
+    raise UnknownNameError("task", name, job_names(with_aliases=True))
+
+
+def create_job(name: str, **options: Any) -> Job:
+    return _JOBS[resolve_job_name(name)](**options)

@@ -1,0 +1,163 @@
+"""The job contract: data, model, adapter (model output → what a loss consumes), metrics.
+
+A job never knows the CLI or the engine's loop; the engine calls it through this class.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from losscli.losses import Family, Loss, LossInfo, Pred, Target
+
+__all__ = ["Budget", "Job", "JobData", "TaskFile", "load_task_file"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training settings a job declares in ``tasks/<job>.toml`` (``[budget]``)."""
+
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    eval_every: int | None = None  # steps; default: every epoch, or 10 evals per run
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """A parsed ``tasks/<job>.toml``: the job's budget, default losses and target."""
+
+    budget: Budget
+    losses: tuple[str, ...]
+    target: float
+
+
+def _tasks_dir() -> Path:
+    try:
+        return Path(str(resources.files("losscli.tasks")))
+    except ModuleNotFoundError:  # a source checkout without an install
+        return Path(__file__).resolve().parents[2] / "tasks"
+
+
+def load_task_file(name: str) -> TaskFile:
+    path = _tasks_dir() / f"{name}.toml"
+    with open(path, "rb") as f:
+        doc = tomllib.load(f)
+    return TaskFile(
+        budget=Budget(**doc.get("budget", {})),
+        losses=tuple(doc["defaults"]["losses"]),
+        target=float(doc["defaults"]["target"]),
+    )
+
+
+@dataclass
+class JobData:
+    """Tensors of one job's data (on one device) and a line saying where they came from."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> JobData:
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return JobData(move(self.train_x), move(self.train_y), move(self.test_x),
+                       move(self.test_y), self.source, dict(self.extra))
+
+    @property
+    def n_train(self) -> int:
+        return self.train_x.shape[0]
+
+
+class Job(ABC):
+    """One standard training job. Subclasses fill in the class attributes and hooks."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    description: str
+    model_name: str
+    metrics: tuple[str, ...]
+    primary_metric: str
+    maximize: bool = True
+    families: frozenset[Family]
+    preds: frozenset[Pred]  # the kinds the adapter can produce from the model's output
+    targets: frozenset[Target]
+    option_help: Mapping[str, str] = {}
+
+    def __init__(self, **options: Any):
+        unknown = set(options) - set(self.option_help)
+        if unknown:
+            raise TypeError(f"job {self.name!r} takes options {sorted(self.option_help)}, "
+                            f"got {sorted(unknown)}")
+        self.options = {k: v for k, v in options.items() if v is not None}
+        self.task = load_task_file(self.name)
+
+    # -- hooks ---------------------------------------------------------------------
+    @abstractmethod
+    def load_data(self) -> JobData:
+        """Resolve and load the data (CPU tensors). Raise UsageError when none is found."""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abstractmethod
+    def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor: ...
+
+    @abstractmethod
+    def adapt_target(self, target: Tensor, kind: Target, output: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+        """Metrics on the test split: one host sync per call, not per batch."""
+
+    @abstractmethod
+    def probe(self) -> tuple[Tensor, Tensor]:
+        """A tiny (model output, target) pair shaped like the real ones, for plan checks."""
+
+    # -- shared --------------------------------------------------------------------
+    @property
+    def data_key(self) -> tuple:
+        """Identifies the loaded data, so it is loaded once per process."""
+        return (self.name, tuple(sorted(self.options.items())))
+
+    def incompatibility(self, info: LossInfo) -> str | None:
+        """Why ``info`` cannot train this job, or None when it can."""
+        if info.family not in self.families:
+            return f"{info.family} losses do not apply to {self.name}"
+        if info.pred not in self.preds or info.target not in self.targets:
+            return (f"{self.name} cannot give {info.pred} predictions with {info.target} "
+                    "targets")
+        return None
+
+    def bind(self, loss: Loss) -> Callable[[Tensor, Tensor], Tensor]:
+        """The training objective: each term gets the output/target kinds it declares."""
+        terms = [(t.coef, t, t.info.pred, t.info.target) for t in loss.terms]
+
+        def objective(output: Tensor, target: Tensor) -> Tensor:
+            preds: dict[Pred, Tensor] = {}
+            tgts: dict[Target, Tensor] = {}
+            total = None
+            for coef, term, pk, tk in terms:
+                if pk not in preds:
+                    preds[pk] = self.adapt_pred(output, pk)
+                if tk not in tgts:
+                    tgts[tk] = self.adapt_target(target, tk, output)
+                value = term(preds[pk], tgts[tk])
+                value = value if coef == 1.0 else coef * value
+                total = value if total is None else total + value
+            return total
+
+        return objective

@@ -1,0 +1,125 @@
+"""Image classification jobs: ``mnist`` (embedded 5k subset) and ``fashion`` (60k/10k)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losscli.data.mnist import RawSplit, load_fashion, load_mnist
+from losscli.jobs.base import Job, JobData
+from losscli.losses import Family, Pred, Target
+
+__all__ = ["FashionJob", "MnistJob", "SmallCNN"]
+
+_EVAL_BATCH = 2048
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks (conv-ReLU-maxpool) and a two-layer head: ~0.2M parameters."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+class _ClassificationJob(Job):
+    """Shared by the MNIST-style jobs: 28x28 grey images, 10 classes, a small CNN."""
+
+    num_classes = 10
+    model_name = "SmallCNN (2 conv + 2 fc)"
+    metrics = ("accuracy", "f1_macro", "ece", "nll")
+    primary_metric = "accuracy"
+    maximize = True
+    families = frozenset({Family.CLASSIFICATION, Family.BINARY})
+    preds = frozenset({Pred.LOGITS, Pred.LOG_PROBS, Pred.PROBS})
+    targets = frozenset({Target.INDEX, Target.BINARY})
+    option_help = {
+        "data_dir": "torchvision-layout data directory",
+        "download": "let torchvision download into data_dir (online only)",
+    }
+    mean_std: tuple[float, float]
+
+    def _raw(self) -> RawSplit:
+        raise NotImplementedError
+
+    def load_data(self) -> JobData:
+        raw = self._raw()
+        mean, std = self.mean_std
+
+        def prep(images: Tensor) -> Tensor:
+            return ((images.float() / 255.0 - mean) / std).unsqueeze(1).contiguous()
+
+        return JobData(prep(raw.train_images), raw.train_labels, prep(raw.test_images),
+                       raw.test_labels, raw.source)
+
+    def build_model(self) -> nn.Module:
+        return SmallCNN(num_classes=self.num_classes)
+
+    def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor:
+        if kind is Pred.LOG_PROBS:
+            return F.log_softmax(output, dim=1)
+        if kind is Pred.PROBS:
+            return F.softmax(output, dim=1)
+        return output
+
+    def adapt_target(self, target: Tensor, kind: Target, output: Tensor) -> Tensor:
+        if kind is Target.BINARY:
+            return F.one_hot(target, output.shape[1]).to(output.dtype)
+        return target
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+        from torchmetrics.functional.classification import (
+            multiclass_accuracy,
+            multiclass_calibration_error,
+            multiclass_f1_score,
+        )
+
+        logits = torch.cat([model(x).float() for x in data.test_x.split(_EVAL_BATCH)])
+        y, k = data.test_y, self.num_classes
+        values = torch.stack([
+            multiclass_accuracy(logits, y, num_classes=k, average="micro"),
+            multiclass_f1_score(logits, y, num_classes=k, average="macro"),
+            multiclass_calibration_error(logits.softmax(1), y, num_classes=k, n_bins=15,
+                                         norm="l1"),
+            F.cross_entropy(logits, y),
+        ])
+        return dict(zip(self.metrics, values.tolist(), strict=True))  # the one host sync
+
+    def probe(self) -> tuple[Tensor, Tensor]:
+        return torch.randn(4, self.num_classes), torch.arange(4) % self.num_classes
+
+
+class MnistJob(_ClassificationJob):
+    name = "mnist"
+    description = "MNIST digits; offline default: the embedded real 5k subset (4k/1k)"
+    mean_std = (0.1307, 0.3081)
+
+    def _raw(self) -> RawSplit:
+        data_dir = self.options.get("data_dir")
+        return load_mnist(Path(data_dir) if data_dir else None, self.options.get("download", False))
+
+
+class FashionJob(_ClassificationJob):
+    name = "fashion"
+    aliases = ("fashion_mnist", "fashion-mnist")
+    description = "Fashion-MNIST 60k/10k; offline: Debian's dataset-fashion-mnist"
+    mean_std = (0.2860, 0.3530)
+
+    def _raw(self) -> RawSplit:
+        data_dir = self.options.get("data_dir")
+        return load_fashion(Path(data_dir) if data_dir else None,
+                            self.options.get("download", False))

@@ -1,0 +1,1 @@
+"""Job specs and suites (TOML), installed as the package data ``losscli.tasks``."""
