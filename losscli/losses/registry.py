@@ -22,6 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from losscli.errors import UnknownNameError, UsageError
@@ -150,6 +151,15 @@ def get_loss_info(name: str) -> LossInfo:
 # --------------------------------------------------------------------------- specs
 
 
+def _fp32(x: Any) -> Any:
+    """Half-precision inputs are computed in fp32 (losses are never run in bf16/fp16)."""
+    if isinstance(x, Tensor) and x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    if isinstance(x, tuple):
+        return tuple(_fp32(v) for v in x)
+    return x
+
+
 @dataclass(frozen=True)
 class LossTerm:
     """``coef * name(pred, target, **params)``."""
@@ -159,7 +169,7 @@ class LossTerm:
     params: tuple[tuple[str, Any], ...]
 
     def __call__(self, pred: Tensor, target: Tensor, **kwargs: Any) -> Tensor:
-        return self.info.fn(pred, target, **dict(self.params), **kwargs)
+        return self.info.fn(_fp32(pred), _fp32(target), **dict(self.params), **kwargs)
 
     @property
     def key(self) -> str:
