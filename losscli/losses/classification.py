@@ -13,7 +13,16 @@ from losscli.losses.kinds import Family, Pred, Target
 from losscli.losses.reduction import check_reduction, reduce_loss
 from losscli.losses.registry import register_loss
 
-__all__ = ["cross_entropy", "focal_loss", "label_smoothing_loss", "nll_loss"]
+__all__ = [
+    "cross_entropy",
+    "focal_loss",
+    "generalized_cross_entropy",
+    "label_smoothing_loss",
+    "mae_probs_loss",
+    "multi_margin_loss",
+    "nll_loss",
+    "poly1_loss",
+]
 
 
 def _weighted_nll(
@@ -49,6 +58,31 @@ def _weighted_nll(
     else:
         denom = (class_weight[target.clamp(0, pred.shape[1] - 1)] * valid).sum()
     return total / denom.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def _log_prob_target(pred: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, ...]:
+    """``log p_t`` (log-softmax at the target class), the non-ignored mask, and the target
+    with ignored entries replaced by class 0 (so ``gather`` stays in range, no host sync)."""
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    logp_t = F.log_softmax(pred, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    return logp_t, valid, safe_target
+
+
+def _reduce_valid(
+    loss: Tensor,
+    valid: Tensor,
+    reduction: str,
+    weight: Tensor | None,
+    avg_factor: float | Tensor | None,
+) -> Tensor:
+    """Zero the ignored entries; a plain ``mean`` averages over the non-ignored ones only
+    (0 when all are ignored), otherwise ``reduce_loss`` applies weight / avg_factor."""
+    check_reduction(reduction)
+    loss = loss * valid
+    if reduction == "mean" and weight is None and avg_factor is None:
+        return loss.sum() / valid.sum().clamp_min(1)
+    return reduce_loss(loss, reduction, weight, avg_factor)
 
 
 @register_loss(
@@ -180,9 +214,7 @@ def focal_loss(
     check_index_target(pred, target, "focal")
     check_range("focal", "gamma", gamma, 0.0)
     check_reduction(reduction)
-    valid = target != ignore_index
-    safe_target = torch.where(valid, target, torch.zeros_like(target))
-    logp_t = F.log_softmax(pred.float(), dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    logp_t, valid, safe_target = _log_prob_target(pred, target, ignore_index)
     loss = -logp_t
     if gamma != 0:
         # clamp: (1 - p)^gamma has an infinite slope at p = 1 when gamma < 1
@@ -191,7 +223,190 @@ def focal_loss(
         loss = alpha * loss
     elif alpha is not None:
         loss = as_class_tensor(alpha, pred, pred.shape[1], "focal: alpha")[safe_target] * loss
-    loss = (loss * valid).to(pred.dtype)
-    if reduction == "mean" and weight is None and avg_factor is None:
-        return loss.sum() / valid.sum().clamp_min(1)
-    return reduce_loss(loss, reduction, weight, avg_factor)
+    return _reduce_valid(loss, valid, reduction, weight, avg_factor)
+
+
+@register_loss(
+    "poly1",
+    family=Family.CLASSIFICATION,
+    pred=Pred.LOGITS,
+    target=Target.INDEX,
+    description="Poly-1: cross-entropy plus epsilon * (1 - p_t).",
+    reference="Leng et al., PolyLoss: A Polynomial Expansion Perspective of Classification "
+    "Loss Functions, ICLR 2022",
+    aliases=("poly_loss", "polyloss"),
+)
+def poly1_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    epsilon: float = 1.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Poly-1 loss ``CE + epsilon * (1 - p_t)``, as the paper's reference code.
+
+    With label smoothing ``s``, both terms use the smoothed target ``y`` (as the paper's
+    code): ``CE = -sum_c y_c log p_c`` and ``p_t = sum_c y_c p_c = (1 - s) p_t + s / C``.
+
+    Args:
+        pred: logits ``[N, C]`` or ``[N, C, *]``.
+        target: class indices ``[N]`` or ``[N, *]``.
+        epsilon: coefficient of the first polynomial term, >= -1 (0 is cross-entropy).
+        label_smoothing: in [0, 1].
+        ignore_index: targets equal to this contribute nothing; ``mean`` averages over
+            the others.
+
+    Returns:
+        The loss, shaped like ``target`` for ``reduction="none"``.
+    """
+    check_index_target(pred, target, "poly1")
+    check_range("poly1", "epsilon", epsilon, -1.0)
+    check_range("poly1", "label_smoothing", label_smoothing, 0.0, 1.0)
+    logp = F.log_softmax(pred, dim=1)
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    logp_t = logp.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    one_minus_pt = -torch.expm1(logp_t)
+    loss = -logp_t
+    if label_smoothing > 0:
+        n_classes = pred.shape[1]
+        loss = (1 - label_smoothing) * loss - label_smoothing / n_classes * logp.sum(dim=1)
+        one_minus_pt = (1 - label_smoothing) * one_minus_pt + label_smoothing * (
+            1 - 1 / n_classes
+        )
+    return _reduce_valid(loss + epsilon * one_minus_pt, valid, reduction, weight, avg_factor)
+
+
+@register_loss(
+    "hinge",
+    family=Family.CLASSIFICATION,
+    pred=Pred.LOGITS,
+    target=Target.INDEX,
+    description="Multi-class margin (hinge) loss, as torch.nn.MultiMarginLoss.",
+    reference="Weston & Watkins, Multi-class SVMs, 1999; torch.nn.MultiMarginLoss",
+    aliases=("multi_margin", "multi_hinge"),
+)
+def multi_margin_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    p: int = 1,
+    margin: float = 1.0,
+    class_weight: Sequence[float] | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """``sum_{i != y} w_y * max(0, margin - x_y + x_i)^p / C`` per sample.
+
+    Args:
+        pred: scores ``[N, C]`` or ``[N, C, *]`` (dense inputs are scored per position).
+        target: class indices ``[N]`` or ``[N, *]``.
+        p: 1 or 2, the power of the hinge.
+        margin: the margin.
+        class_weight: per-class weight ``[C]``, applied by the target class (torch's
+            ``weight``).
+        ignore_index: targets equal to this contribute nothing; ``mean`` averages over
+            the others (torch divides by N, which is the same when none is ignored).
+
+    Returns:
+        The loss, shaped like ``target`` for ``reduction="none"``.
+    """
+    check_index_target(pred, target, "hinge")
+    if p not in (1, 2):
+        raise ValueError(f"hinge: p must be 1 or 2, got {p!r}")
+    n_classes = pred.shape[1]
+    cw = as_class_tensor(class_weight, pred, n_classes, "hinge: class_weight")
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    flat = pred.movedim(1, -1).reshape(-1, n_classes)  # a view for [N, C]
+    loss = F.multi_margin_loss(flat, safe_target.reshape(-1), p=p, margin=margin,
+                               weight=None if cw is None else cw.to(pred.dtype),
+                               reduction="none")
+    return _reduce_valid(loss.view(target.shape), valid, reduction, weight, avg_factor)
+
+
+@register_loss(
+    "gce",
+    family=Family.CLASSIFICATION,
+    pred=Pred.LOGITS,
+    target=Target.INDEX,
+    description="Generalized cross-entropy (1 - p_t^q) / q, robust to label noise.",
+    reference="Zhang & Sabuncu, Generalized Cross Entropy Loss for Training Deep Neural "
+    "Networks with Noisy Labels, NeurIPS 2018",
+    aliases=("generalized_ce",),
+)
+def generalized_cross_entropy(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    q: float = 0.7,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """The L_q loss ``(1 - p_t^q) / q`` of the softmax probability of the target class.
+
+    Computed as ``-expm1(q log p_t) / q`` (stable for saturated logits). ``q -> 0`` tends
+    to cross-entropy, ``q = 1`` is ``1 - p_t`` (half of ``mae_probs``).
+
+    Args:
+        pred: logits ``[N, C]`` or ``[N, C, *]``.
+        target: class indices ``[N]`` or ``[N, *]``.
+        q: in (0, 1]; the paper uses 0.7.
+        ignore_index: targets equal to this contribute nothing; ``mean`` averages over
+            the others.
+
+    Returns:
+        The loss, shaped like ``target`` for ``reduction="none"``.
+    """
+    check_index_target(pred, target, "gce")
+    if not 0 < q <= 1:
+        raise ValueError(f"gce: q must be in (0, 1], got {q}")
+    logp_t, valid, _ = _log_prob_target(pred, target, ignore_index)
+    loss = -torch.expm1(q * logp_t) / q
+    return _reduce_valid(loss, valid, reduction, weight, avg_factor)
+
+
+@register_loss(
+    "mae_probs",
+    family=Family.CLASSIFICATION,
+    pred=Pred.LOGITS,
+    target=Target.INDEX,
+    description="L1 distance between softmax probabilities and the one-hot target (2 - 2p_t).",
+    reference="Ghosh et al., Robust Loss Functions under Label Noise for Deep Neural "
+    "Networks, AAAI 2017",
+    aliases=("mae_softmax",),
+)
+def mae_probs_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Mean absolute error between probabilities and one-hot targets, summed over classes.
+
+    Per element, ``sum_c |softmax(x)_c - onehot(y)_c| = (1 - p_t) + sum_{c != y} p_c =
+    2 (1 - p_t)``; it is bounded in [0, 2] and symmetric, hence noise-tolerant.
+
+    Args:
+        pred: logits ``[N, C]`` or ``[N, C, *]``.
+        target: class indices ``[N]`` or ``[N, *]``.
+        ignore_index: targets equal to this contribute nothing; ``mean`` averages over
+            the others.
+
+    Returns:
+        The loss, shaped like ``target`` for ``reduction="none"``.
+    """
+    check_index_target(pred, target, "mae_probs")
+    logp_t, valid, _ = _log_prob_target(pred, target, ignore_index)
+    return _reduce_valid(-2 * torch.expm1(logp_t), valid, reduction, weight, avg_factor)
