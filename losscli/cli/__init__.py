@@ -1,3 +1,22 @@
-"""Command-line interface (typer)."""
-def main():
-    pass
+"""The ``losscli`` command. Only this package knows typer, exit codes and rendering."""
+
+from __future__ import annotations
+
+import typer
+
+from losscli.cli import listing, train
+
+app = typer.Typer(
+    name="losscli",
+    help="Compare PyTorch loss functions empirically on small standard training jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+app.command("train")(train.train)
+app.add_typer(listing.app, name="list")
+
+
+def main() -> None:
+    app()

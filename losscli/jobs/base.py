@@ -103,7 +103,11 @@ class Job(ABC):
             raise TypeError(f"job {self.name!r} takes options {sorted(self.option_help)}, "
                             f"got {sorted(unknown)}")
         self.options = {k: v for k, v in options.items() if v is not None}
-        self.task = load_task_file(self.name)
+        self.task = self.load_task()
+
+    def load_task(self) -> TaskFile:
+        """Budget, default losses and target: ``tasks/<name>.toml``."""
+        return load_task_file(self.name)
 
     # -- hooks ---------------------------------------------------------------------
     @abstractmethod

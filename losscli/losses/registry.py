@@ -318,7 +318,7 @@ def _coerce(loss: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
-    if isinstance(default, float) or (isinstance(default, int) and isinstance(value, float)):
+    if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         return float(value)

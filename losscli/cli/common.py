@@ -1,0 +1,58 @@
+"""What every command shares: consoles, exit codes, and turning errors into them."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Device", "OutputFormat", "err", "handle_errors", "out"]
+
+EXIT_FAILED = 1  # a run errored, output could not be written, or a check found a regression
+EXIT_USAGE = 2  # bad input: unknown names, incompatible pairs, malformed specs
+
+# results: tables on stdout; piped output gets room for wide tables instead of 80 columns
+out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160)))
+err = Console(stderr=True)  # progress and diagnostics on stderr
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def handle_errors(fn: F) -> F:
+    """Usage errors exit 2 with the message (no traceback); write errors exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from losscli.errors import UsageError
+        from losscli.results import WriteError
+
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as exc:
+            err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
+        except WriteError as exc:
+            err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_FAILED) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,190 @@
+"""``losscli train``: every loss × every seed on one job, everything else fixed."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, err, handle_errors, out
+
+BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
+DATA = "Data"
+OUTPUT = "Output"
+
+
+@handle_errors
+def train(
+    task: Annotated[str, typer.Option("--task", "-t", help="Job: mnist, fashion (see "
+                                      "`losscli list tasks`).")] = "mnist",
+    loss: Annotated[list[str] | None, typer.Option(
+        "--loss", "-l", help="Loss spec, repeatable: 'ce', 'focal:gamma=2', 'dice+0.5*ce'. "
+        "Default: the job's default set.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per loss (0..N-1).")] = 1,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs.",
+                                               rich_help_panel=BUDGET)] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (wins over "
+                                              "--epochs).", rich_help_panel=BUDGET)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, rich_help_panel=BUDGET)] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate.",
+                                             rich_help_panel=BUDGET)] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam | adamw | sgd (momentum 0.9).",
+                                                  rich_help_panel=BUDGET)] = None,
+    weight_decay: Annotated[float | None, typer.Option(min=0.0, rich_help_panel=BUDGET)] = None,
+    eval_every: Annotated[int | None, typer.Option(min=1, help="Steps between evals "
+                                                   "(default: every epoch).",
+                                                   rich_help_panel=BUDGET)] = None,
+    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] =
+        Device.auto,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (the loss stays fp32).")] =
+        False,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="torchvision-layout data root (DIR/MNIST/raw, DIR/FashionMNIST/raw). Without "
+        "it: mnist uses the embedded real 5k subset, fashion uses Debian's "
+        "dataset-fashion-mnist files.", rich_help_panel=DATA)] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download into --data-dir "
+                                           "(online only).", rich_help_panel=DATA)] = False,
+    plugin: Annotated[list[str] | None, typer.Option(
+        help="Module or .py file registering extra losses (repeatable).")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Run directory (default results/runs/<time>-<task>).",
+        rich_help_panel=OUTPUT)] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Summary on stdout.",
+                                              rich_help_panel=OUTPUT)] = OutputFormat.table,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.",
+                                        rich_help_panel=OUTPUT)] = False,
+) -> None:
+    """Train one job with each loss for each seed and print a comparison table.
+
+    Everything but the loss is fixed: data, model, optimizer, budget and seeds. Results go
+    to a run directory (runs.csv, history.csv, meta.json); the summary (mean ± std over
+    seeds, ranked by the job's primary metric) goes to stdout.
+    """
+    import torch
+
+    from losscli.engine import resolve_device
+    from losscli.errors import UsageError
+    from losscli.losses import load_plugin
+    from losscli.results import ResultStore, read_runs, summarize
+    from losscli.sweep import Overrides, execute, make_plan
+
+    for p in plugin or []:
+        load_plugin(p)
+    try:
+        dev = str(resolve_device(device.value))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    overrides = Overrides(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+                          optimizer=optimizer, weight_decay=weight_decay, eval_every=eval_every)
+    options = {"data_dir": str(data_dir) if data_dir else None, "download": download or None}
+    plan = make_plan(task, loss or [], range(seeds), overrides, dev, bf16, options)
+    job = plan.runs[0].job
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    store = ResultStore(out_dir or Path("results") / "runs" / f"{stamp}-{job.name}")
+    store.write_meta(_meta(plan, dev, torch))
+    with _Progress(len(plan.runs), plan.runs[0].cfg.steps, quiet) as progress:
+        execute(plan, store, on_start=progress.start, on_step=progress.step,
+                on_done=progress.done)
+    runs = read_runs(store.root)
+    summary = summarize(runs, job.maximize)
+    _render(summary, job, plan, fmt, store.root)
+    if (runs["status"] == "error").any():
+        for _, r in runs[runs["status"] == "error"].iterrows():
+            err.print(f"error: {r['loss']} seed {r['seed']}: {r['error']}", style="red",
+                      highlight=False, markup=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _meta(plan, device: str, torch) -> dict:
+    from losscli.sweep import versions
+
+    spec = plan.runs[0]
+    return {
+        "command": shlex.join(["losscli", *sys.argv[1:]]),
+        "job": spec.job.name,
+        "job_options": spec.job.options,
+        "data_source": plan.data[spec.job.data_key].source,
+        "losses": sorted({r.loss.spec for r in plan.runs}),
+        "seeds": sorted({r.seed for r in plan.runs}),
+        "config": spec.cfg.describe(),
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else
+        "cpu",
+        "threads": torch.get_num_threads(),
+        "versions": versions(),
+        "git_commit": _git_commit(),
+        "started_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None
+
+
+class _Progress:
+    """One transient progress display on stderr: overall runs and the current run."""
+
+    def __init__(self, total_runs: int, steps: int, quiet: bool):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.quiet, self.steps = quiet, steps
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+            disable=quiet,
+        )
+        self.total_runs = total_runs
+        self._every = max(1, steps // 200)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.all = self.progress.add_task("runs", total=self.total_runs)
+        self.run = self.progress.add_task("", total=self.steps)
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def start(self, index: int, spec) -> None:
+        self.progress.reset(self.run, total=spec.cfg.steps,
+                            description=f"{spec.loss.spec} seed {spec.seed}")
+
+    def step(self, step: int) -> None:
+        if step % self._every == 0:  # host-side counter only; no device sync
+            self.progress.update(self.run, completed=step)
+
+    def done(self, spec, row: dict) -> None:
+        self.progress.advance(self.all)
+        if self.quiet:
+            return
+        colour = {"ok": "green", "diverged": "yellow"}.get(row["status"], "red")
+        metric = row["primary_metric"]
+        self.progress.console.print(
+            f"[{colour}]{row['status']:>8}[/] {spec.job.name} {spec.loss.spec} seed "
+            f"{spec.seed}: {metric} {row['primary_final']:.4f}, "
+            f"{row['train_seconds']:.1f} s", highlight=False)
+
+
+def _render(summary, job, plan, fmt: OutputFormat, root: Path) -> None:
+    from losscli.render import summary_table
+
+    if fmt is OutputFormat.csv:
+        sys.stdout.write(summary.to_csv(index=False))
+    elif fmt is OutputFormat.json:
+        sys.stdout.write(summary.to_json(orient="records", indent=2) + "\n")
+    else:
+        source = plan.data[job.data_key].source
+        out.print(summary_table(summary, job, f"{source} · {plan.runs[0].cfg.device}"))
+        err.print(f"results: {root}", highlight=False)

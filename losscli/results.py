@@ -1,0 +1,180 @@
+"""The RunResult schema, the on-disk store (a run directory) and per-loss summaries.
+
+A run directory holds ``runs.csv`` (one row per run, columns ``RUN_COLUMNS``),
+``history.csv`` (long-format curves: ``HISTORY_COLUMNS``) and ``meta.json``. Rows are
+appended one whole line per ``write`` and fsynced, history before its run row, so a killed
+process leaves at most one partial trailing line, which readers drop.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "read_history", "read_runs",
+           "summarize"]
+
+# Documented in the README ("Output columns"); keep the two in step.
+RUN_COLUMNS = (
+    "run_key", "job", "loss", "loss_key", "seed", "device", "status", "error",
+    "primary_metric", "primary_best", "primary_final", "target", "steps_to_target",
+    "curve_auc", "final_train_loss", "steps", "epochs", "batch_size", "lr", "optimizer",
+    "train_seconds", "samples_per_s", "loss_ms_per_step", "peak_mem_mb",
+    "final_metrics", "best_metrics", "data_source", "versions", "finished_at",
+)
+HISTORY_COLUMNS = ("run_key", "step", "split", "metric", "value")
+
+
+@dataclass
+class WriteError(OSError):
+    """The run directory cannot be created or written (the CLI exits 1)."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"cannot write results to {self.path}: {self.reason}"
+
+
+def _csv_line(values: list[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(["" if v is None else v for v in values])
+    return buf.getvalue()
+
+
+class ResultStore:
+    """Append-only store for one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise WriteError(self.root, exc.strerror or str(exc)) from None
+
+    @property
+    def runs_path(self) -> Path:
+        return self.root / "runs.csv"
+
+    @property
+    def history_path(self) -> Path:
+        return self.root / "history.csv"
+
+    def _append(self, path: Path, header: tuple[str, ...], lines: str) -> None:
+        new = not path.exists() or path.stat().st_size == 0
+        data = (_csv_line(list(header)) if new else "") + lines
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def append(self, row: dict[str, Any], history: list[tuple[int, str, str, float]]) -> None:
+        """Write one finished run: its history rows, then its row in ``runs.csv``."""
+        key = row["run_key"]
+        try:
+            if history:
+                self._append(self.history_path, HISTORY_COLUMNS,
+                             "".join(_csv_line([key, *h]) for h in history))
+            self._append(self.runs_path, RUN_COLUMNS,
+                         _csv_line([_cell(row.get(c)) for c in RUN_COLUMNS]))
+        except OSError as exc:
+            raise WriteError(self.root, exc.strerror or str(exc)) from None
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        tmp = self.root / "meta.json.tmp"
+        try:
+            tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            tmp.replace(self.root / "meta.json")
+        except OSError as exc:
+            raise WriteError(self.root, exc.strerror or str(exc)) from None
+
+    def finished_keys(self) -> set[str]:
+        df = read_runs(self.root)
+        return set(df["run_key"]) if len(df) else set()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+def _complete_lines(path: Path) -> str:
+    text = path.read_text() if path.exists() else ""
+    if text and not text.endswith("\n"):  # a partial trailing line from a killed writer
+        text = text[: text.rfind("\n") + 1]
+    return text
+
+
+def read_runs(root: Path):
+    """``runs.csv`` as a DataFrame (empty with the schema's columns when there is none)."""
+    import pandas as pd
+
+    text = _complete_lines(Path(root) / "runs.csv")
+    if not text.strip():
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    df = pd.read_csv(io.StringIO(text), keep_default_na=True)
+    return df.drop_duplicates("run_key", keep="last").reset_index(drop=True)
+
+
+def read_history(root: Path):
+    import pandas as pd
+
+    text = _complete_lines(Path(root) / "history.csv")
+    if not text.strip():
+        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    return pd.read_csv(io.StringIO(text))
+
+
+def summarize(runs, maximize: bool):
+    """One row per (job, loss): mean ± std over seeds, ranked by the primary metric."""
+    import pandas as pd
+
+    rows = []
+    for (job, loss), g in runs.groupby(["job", "loss"], sort=False):
+        ok = g[g["status"] == "ok"]
+        finals = ok["final_metrics"].map(json.loads) if len(ok) else pd.Series([], dtype=object)
+        metrics = pd.DataFrame(list(finals)) if len(finals) else pd.DataFrame()
+        reached = ok["steps_to_target"].dropna()
+        row = {
+            "job": job,
+            "loss": loss,
+            "runs": len(g),
+            "ok": len(ok),
+            "diverged": int((g["status"] == "diverged").sum()),
+            "errors": int((g["status"] == "error").sum()),
+            "primary_metric": g["primary_metric"].iloc[0],
+            "final_mean": ok["primary_final"].mean(),
+            "final_std": ok["primary_final"].std(ddof=1) if len(ok) > 1 else 0.0,
+            "best_mean": ok["primary_best"].mean(),
+            "steps_to_target": reached.mean() if len(reached) else math.nan,
+            "reached_target": f"{len(reached)}/{len(ok)}",
+            "curve_auc": ok["curve_auc"].mean(),
+            "final_train_loss": ok["final_train_loss"].mean(),
+            "train_seconds": ok["train_seconds"].mean(),
+            "samples_per_s": ok["samples_per_s"].mean(),
+            "loss_ms_per_step": ok["loss_ms_per_step"].mean(),
+        }
+        for name in metrics.columns:
+            row[f"{name}_mean"] = metrics[name].mean()
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return df
+    df = df.sort_values(["job", "final_mean"], ascending=[True, not maximize],
+                        na_position="last", kind="stable")
+    df.insert(0, "rank", df.groupby("job").cumcount() + 1)
+    return df.reset_index(drop=True)

@@ -1,0 +1,13 @@
+import os
+
+import pytest
+import torch
+
+# Deterministic, quiet CPU tests; small thread count keeps the 2-core CI predictable.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep tests away from the user's ~/.cache/losscli."""
+    monkeypatch.setenv("LOSSCLI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from losscli.engine import TrainConfig, run_one
+from losscli.jobs import JobData
+from losscli.jobs.classification import MnistJob
+from losscli.losses import create_loss, register_loss
+from losscli.losses import registry as reg
+
+
+class BlobsJob(MnistJob):
+    """The mnist job's adapter and metrics on 10 separable Gaussian blobs: trains in ms."""
+
+    def load_data(self) -> JobData:
+        g = torch.Generator().manual_seed(0)
+        centers = torch.randn(10, 8, generator=g) * 4
+        y = torch.arange(600) % 10
+        x = centers[y] + torch.randn(600, 8, generator=g)
+        return JobData(x[:500], y[:500], x[500:], y[500:], "blobs")
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+CFG = TrainConfig(steps=60, batch_size=50, lr=1e-2, eval_every=20, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def job_data():
+    job = BlobsJob()
+    return job, job.load_data()
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    monkeypatch.setattr(reg, "_REGISTRY", dict(reg._REGISTRY))
+    monkeypatch.setattr(reg, "_ALIASES", dict(reg._ALIASES))
+
+
+def test_loss_falls_and_model_learns(job_data):
+    job, data = job_data
+    out = run_one(job, data, create_loss("ce"), CFG, seed=0)
+    assert out.status == "ok", out.error
+    losses = [v for _, v in out.train_loss]
+    assert losses[-1] < 0.5 * losses[0]
+    assert out.evals[0][1]["accuracy"] < 0.5 < 0.9 < out.evals[-1][1]["accuracy"]
+    assert [s for s, _ in out.evals] == [0, 20, 40, 60]
+    # warm-up steps are not timed: 58 timed steps of 50 samples
+    assert out.timed_samples == (60 - 2) * 50
+    assert out.train_seconds > 0 and out.loss_ms_per_step > 0
+
+
+def test_same_seed_same_numbers_other_seed_differs(job_data):
+    job, data = job_data
+    a = run_one(job, data, create_loss("focal:gamma=2"), CFG, seed=3)
+    b = run_one(job, data, create_loss("focal:gamma=2"), CFG, seed=3)
+    c = run_one(job, data, create_loss("focal:gamma=2"), CFG, seed=4)
+    assert a.train_loss == b.train_loss and a.evals == b.evals
+    assert a.train_loss != c.train_loss
+
+
+def test_non_finite_loss_is_diverged_not_a_crash(job_data, scratch_registry):
+    @register_loss("nan_after_10", family="classification", pred="logits", target="index",
+                   description="NaN once training is under way", reference="test")
+    def nan_loss(pred, target, *, reduction="mean"):
+        nan_loss.calls += 1
+        value = torch.nn.functional.cross_entropy(pred, target)
+        return value * math.nan if nan_loss.calls > 10 else value
+
+    nan_loss.calls = 0
+    job, data = job_data
+    out = run_one(job, data, create_loss("nan_after_10"), CFG, seed=0)
+    assert out.status == "diverged"
+    assert "non-finite" in out.error
+    assert out.steps_done == 20  # stopped at the first eval after the NaN
+
+
+def test_exception_is_an_error_result(job_data, scratch_registry):
+    @register_loss("boom", family="classification", pred="logits", target="index",
+                   description="raises", reference="test")
+    def boom(pred, target, *, reduction="mean"):
+        raise RuntimeError("kaboom")
+
+    job, data = job_data
+    out = run_one(job, data, create_loss("boom"), CFG, seed=0)
+    assert out.status == "error" and "kaboom" in out.error
+
+
+def test_binary_loss_gets_one_hot_targets_and_probabilities(job_data):
+    job, data = job_data
+    for spec in ("bce", "bce_logits", "nll", "0.5*ce+0.5*bce_logits"):
+        out = run_one(job, data, create_loss(spec), CFG, seed=0)
+        assert out.status == "ok", (spec, out.error)
+        assert out.evals[-1][1]["accuracy"] > 0.9, spec
