@@ -35,6 +35,7 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "NUM_CLASSES",
     "SEG_SIZE",
+    "assert_value_and_grad_close",
     "cast_inputs",
     "float_leaves",
     "image_size",
@@ -189,3 +190,26 @@ def cast_inputs(x: Tensor | tuple[Tensor, ...], dtype: torch.dtype):
     if isinstance(x, tuple):
         return tuple(cast_inputs(t, dtype) for t in x)
     return x.to(dtype) if x.is_floating_point() else x
+
+
+def assert_value_and_grad_close(
+    ours: Callable[..., Tensor],
+    ref: Callable[..., Tensor],
+    *inputs: Tensor,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+) -> None:
+    """``ours(*inputs)`` and ``ref(*inputs)`` agree in value and in the gradient of their
+    sum w.r.t. every floating input (each side gets its own copies of the inputs)."""
+
+    def run(fn):
+        xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+        out = fn(*xs)
+        leaves = [x for x in xs if x.requires_grad]
+        return out, torch.autograd.grad(out.sum(), leaves, allow_unused=True,
+                                        materialize_grads=True)
+
+    (a, grads_a), (b, grads_b) = run(ours), run(ref)
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb, atol=atol, rtol=rtol)
