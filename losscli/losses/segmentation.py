@@ -36,6 +36,8 @@ with ``batch=True``). A per-element ``weight`` multiplies those values.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -90,14 +92,14 @@ def _probs_onehot_valid(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Probabilities ``[N, C, P]``, target ``[N, C, P]`` and validity ``[N, 1, P]`` (0/1),
     with ignored pixels already zeroed in the first two (flattened spatial dims)."""
-    n, c = pred.shape[:2]
-    target = target.reshape(n, 1, -1)
+    n, c, p = pred.shape[0], pred.shape[1], math.prod(pred.shape[2:])
+    target = target.reshape(n, 1, p)  # explicit sizes: -1 is ambiguous for an empty batch
     valid = (target != ignore_index).to(pred.dtype)
     if c == 1:
-        probs = torch.sigmoid(pred.reshape(n, 1, -1))
+        probs = torch.sigmoid(pred.reshape(n, 1, p))
         onehot = torch.where(valid.bool(), target, torch.zeros_like(target)).to(pred.dtype)
     else:
-        probs = torch.softmax(pred.reshape(n, c, -1), dim=1)
+        probs = torch.softmax(pred.reshape(n, c, p), dim=1)
         classes = torch.arange(c, device=pred.device).view(1, c, 1)
         onehot = (target == classes).to(pred.dtype)  # one_hot() would check range: a sync
     return probs * valid, onehot * valid, valid
@@ -313,15 +315,17 @@ def focal_tversky_loss(
     recommends ``γ = 4/3``, so our default ``gamma = 0.75 = 1/γ``. Its Tversky weights are
     0.7 on false negatives and 0.3 on false positives, hence ``alpha=0.3`` (FP), ``beta=0.7``
     (FN) in MONAI's naming. The paper sums over classes; ``mean`` averages (a constant
-    factor). ``gamma = 1`` is ``tversky``. The base is clamped at 1e-12 so the slope stays
-    finite at a perfect score. Other args, shapes and returns as ``dice``.
+    factor). ``gamma = 1`` is ``tversky``. A perfect (or empty-class) score gives 0; the base
+    is clamped at 1e-12 so the slope stays finite near it. Other args, shapes and returns as ``dice``.
     """
     check_range("focal_tversky", "gamma", gamma, 0.0)
     ti = _tversky_index(pred, target, "focal_tversky", alpha=alpha, beta=beta,
                         ignore_index=ignore_index, include_background=include_background,
                         batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
                         reduction=reduction)
-    loss = (1 - ti).clamp_min(1e-12).pow(gamma)
+    base = 1 - ti
+    # 0 at a perfect score; the clamp keeps the slope of base^gamma finite (gamma < 1)
+    loss = torch.where(base > 0, base.clamp_min(1e-12).pow(gamma), torch.zeros_like(base))
     return reduce_loss(loss, reduction, weight, avg_factor)
 
 
@@ -412,11 +416,11 @@ def lovasz_loss(
     if classes not in _LOVASZ_CLASSES:
         raise ValueError(f"lovasz: classes must be one of {_LOVASZ_CLASSES}, got {classes!r}")
     probs, onehot, valid = _probs_onehot_valid(pred, target, ignore_index)
-    n, c = pred.shape[:2]
-    if pred.shape[1] == 1:
-        probs = pred.reshape(n, 1, -1) * valid  # the hinge uses logits
+    c = pred.shape[1]
+    if c == 1:
+        probs = pred.reshape(valid.shape) * valid  # the hinge uses logits
     if batch:
-        probs, onehot, valid = (t.movedim(0, 1).reshape(1, t.shape[1], -1)
+        probs, onehot, valid = (t.movedim(0, 1).flatten(1).unsqueeze(0)
                                 for t in (probs, onehot, valid))
     if c == 1:
         loss = _lovasz_hinge(probs, onehot, valid)
@@ -431,8 +435,7 @@ def lovasz_loss(
 def _per_image_mean(pixel_loss: Tensor, valid: Tensor, batch: bool) -> Tensor:
     """Mean of a pixel loss over the valid pixels of each image ``[N]`` (pooled: ``[1]``);
     0 where every pixel is ignored."""
-    n = pixel_loss.shape[0]
-    pixel_loss, valid = pixel_loss.reshape(n, -1), valid.reshape(n, -1)
+    pixel_loss, valid = (t.reshape(t.shape[0], math.prod(t.shape[1:])) for t in (pixel_loss, valid))
     dims = (0, 1) if batch else (1,)
     out = (pixel_loss * valid).sum(dims) / valid.sum(dims).clamp_min(1)
     return out.reshape(1) if batch else out
@@ -451,7 +454,7 @@ def _pixel_loss(pred: Tensor, target: Tensor, gamma: float, ignore_index: int) -
     if gamma != 0:
         # (1 - p_t)^gamma = exp(gamma * logsigmoid(-x (2t - 1))): finite slope for gamma < 1
         loss = torch.exp(gamma * F.logsigmoid(-pred * (2 * t - 1))) * loss
-    return (loss * valid).squeeze(1)
+    return loss * valid
 
 
 def _dice_plus(
