@@ -97,7 +97,7 @@ def _sync(device: torch.device) -> None:
 
 def _eval_steps(cfg: TrainConfig) -> set[int]:
     every = cfg.eval_every or max(1, cfg.steps // 10)
-    return {s for s in range(every, cfg.steps + 1, every)} | {cfg.steps}
+    return set(range(every, cfg.steps + 1, every)) | {cfg.steps}
 
 
 class _Batches:

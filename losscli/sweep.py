@@ -190,7 +190,7 @@ def _curve_auc(evals: list[tuple[int, dict[str, float]]], metric: str, steps: in
     pts = [(s / steps, m[metric]) for s, m in evals]
     if len(pts) < 2:
         return math.nan
-    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pts, pts[1:]))
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False))
     return area / pts[-1][0] if pts[-1][0] else math.nan
 
 

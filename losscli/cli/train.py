@@ -15,6 +15,7 @@ from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, err, handle_er
 BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
 DATA = "Data"
 OUTPUT = "Output"
+JOB = "Job options (see `losscli list tasks`)"
 
 
 @handle_errors
@@ -48,6 +49,37 @@ def train(
         "dataset-fashion-mnist files.", rich_help_panel=DATA)] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download into --data-dir "
                                            "(online only).", rich_help_panel=DATA)] = False,
+    outliers: Annotated[float | None, typer.Option(
+        help="reg: fraction of training targets replaced by gross one-sided outliers.",
+        rich_help_panel=JOB)] = None,
+    noise: Annotated[str | None, typer.Option(
+        help="reg: noise distribution (gaussian | student_t | laplace).",
+        rich_help_panel=JOB)] = None,
+    csv_file: Annotated[Path | None, typer.Option(
+        "--csv", help="reg: your own table; with --target COLUMN.", rich_help_panel=JOB)] = None,
+    target: Annotated[str | None, typer.Option(help="reg: the column to predict in --csv.",
+                                               rich_help_panel=JOB)] = None,
+    classes: Annotated[str | None, typer.Option(
+        help="det: comma-separated VOC class subset.", rich_help_panel=JOB)] = None,
+    max_images: Annotated[int | None, typer.Option(min=1, help="det: image cap.",
+                                                   rich_help_panel=JOB)] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, help="det/seg: image side in px.",
+                                                   rich_help_panel=JOB)] = None,
+    num_classes: Annotated[int | None, typer.Option(min=1, help="seg: shape classes.",
+                                                    rich_help_panel=JOB)] = None,
+    fg_fraction: Annotated[float | None, typer.Option(
+        help="seg: target foreground fraction (class imbalance).", rich_help_panel=JOB)] = None,
+    binary: Annotated[bool | None, typer.Option(
+        "--binary/--no-binary", help="seg: binary foreground/background variant.",
+        rich_help_panel=JOB, show_default=False)] = None,
+    pos_ratio: Annotated[float | None, typer.Option(
+        help="imbalanced: positives per negative (e.g. 0.02 for 1:50).",
+        rich_help_panel=JOB)] = None,
+    sigma: Annotated[float | None, typer.Option(
+        help="denoise: Gaussian noise sigma on [0, 1] images.", rich_help_panel=JOB)] = None,
+    opt: Annotated[list[str] | None, typer.Option(
+        "--opt", help="Any other job option as key=value (repeatable).",
+        rich_help_panel=JOB)] = None,
     plugin: Annotated[list[str] | None, typer.Option(
         help="Module or .py file registering extra losses (repeatable).")] = None,
     out_dir: Annotated[Path | None, typer.Option(
@@ -80,7 +112,13 @@ def train(
         raise UsageError(str(exc)) from None
     overrides = Overrides(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                           optimizer=optimizer, weight_decay=weight_decay, eval_every=eval_every)
-    options = {"data_dir": str(data_dir) if data_dir else None, "download": download or None}
+    options = {
+        "data_dir": str(data_dir) if data_dir else None, "download": download or None,
+        "outliers": outliers, "noise": noise, "csv": str(csv_file) if csv_file else None,
+        "target_column": target, "classes": classes, "max_images": max_images,
+        "image_size": image_size, "num_classes": num_classes, "fg_fraction": fg_fraction,
+        "binary": binary, "pos_ratio": pos_ratio, "sigma": sigma, **_key_values(opt or []),
+    }
     plan = make_plan(task, loss or [], range(seeds), overrides, dev, bf16, options)
     job = plan.runs[0].job
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -97,6 +135,19 @@ def train(
             err.print(f"error: {r['loss']} seed {r['seed']}: {r['error']}", style="red",
                       highlight=False, markup=False)
         raise typer.Exit(EXIT_FAILED)
+
+
+def _key_values(items: list[str]) -> dict:
+    from losscli.errors import UsageError
+    from losscli.losses.registry import parse_value
+
+    parsed = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--opt takes key=value, got {item!r}")
+        parsed[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return parsed
 
 
 def _meta(plan, device: str, torch) -> dict:
@@ -136,8 +187,14 @@ class _Progress:
     """One transient progress display on stderr: overall runs and the current run."""
 
     def __init__(self, total_runs: int, steps: int, quiet: bool):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.quiet, self.steps = quiet, steps
         self.progress = Progress(

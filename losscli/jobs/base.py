@@ -5,7 +5,6 @@ A job never knows the CLI or the engine's loop; the engine calls it through this
 
 from __future__ import annotations
 
-import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,9 +12,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 from torch import Tensor, nn
 
+from losscli.errors import UsageError
 from losscli.losses import Family, Loss, LossInfo, Pred, Target
 
 __all__ = ["Budget", "Job", "JobData", "TaskFile", "load_task_file"]
@@ -98,11 +99,13 @@ class Job(ABC):
     option_help: Mapping[str, str] = {}
 
     def __init__(self, **options: Any):
-        unknown = set(options) - set(self.option_help)
-        if unknown:
-            raise TypeError(f"job {self.name!r} takes options {sorted(self.option_help)}, "
-                            f"got {sorted(unknown)}")
+        """``options``: the job's knobs (``option_help`` names them); ``None`` means default."""
         self.options = {k: v for k, v in options.items() if v is not None}
+        unknown = sorted(set(self.options) - set(self.option_help))
+        if unknown:
+            flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)  # noqa: E731
+            raise UsageError(f"{flags(unknown)} does not apply to task {self.name!r}; it takes: "
+                             f"{flags(self.option_help) or 'no options'}")
         self.task = self.load_task()
 
     def load_task(self) -> TaskFile:

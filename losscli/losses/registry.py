@@ -40,6 +40,7 @@ __all__ = [
     "load_plugin",
     "load_entry_point_plugins",
     "parse_spec",
+    "parse_value",
     "register_loss",
 ]
 
@@ -253,7 +254,7 @@ def _parse_term(text: str, spec: str) -> tuple[float, str, dict[str, Any]]:
                 raise LossSpecError(f"bad parameter {item.strip()!r} in {text!r}; write key=value")
             if key in params:
                 raise LossSpecError(f"parameter {key!r} given twice in {text!r}")
-            params[key] = _parse_value(value.strip())
+            params[key] = parse_value(value.strip())
     elif ":" in text:
         raise LossSpecError(f"missing parameters after ':' in {text!r}")
     return coef, name, params
@@ -280,10 +281,10 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     if text.startswith("[") and text.endswith("]"):
         inner = text[1:-1].strip()
-        return tuple(_parse_value(v.strip()) for v in _split_top(inner, ",")) if inner else ()
+        return tuple(parse_value(v.strip()) for v in _split_top(inner, ",")) if inner else ()
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
