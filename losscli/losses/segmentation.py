@@ -315,8 +315,9 @@ def focal_tversky_loss(
     recommends ``γ = 4/3``, so our default ``gamma = 0.75 = 1/γ``. Its Tversky weights are
     0.7 on false negatives and 0.3 on false positives, hence ``alpha=0.3`` (FP), ``beta=0.7``
     (FN) in MONAI's naming. The paper sums over classes; ``mean`` averages (a constant
-    factor). ``gamma = 1`` is ``tversky``. A perfect (or empty-class) score gives 0; the base
-    is clamped at 1e-12 so the slope stays finite near it. Other args, shapes and returns as ``dice``.
+    factor). ``gamma = 1`` is ``tversky``. A perfect (or empty-class) score gives 0; the
+    base is clamped at 1e-12 so the slope stays finite near it. Other args, shapes and
+    returns as ``dice``.
     """
     check_range("focal_tversky", "gamma", gamma, 0.0)
     ti = _tversky_index(pred, target, "focal_tversky", alpha=alpha, beta=beta,
@@ -464,7 +465,7 @@ def _dice_plus(
     *,
     gamma: float,
     lambda_dice: float,
-    lambda_pixel: float,
+    lambda_pixel: tuple[str, float],
     include_background: bool,
     batch: bool,
     smooth_nr: float,
@@ -474,13 +475,13 @@ def _dice_plus(
     """``lambda_dice * dice + lambda_pixel * (focal) CE`` per image ``[N]`` (pooled ``[1]``)."""
     target = _check_inputs(pred, target, name)
     check_range(name, "lambda_dice", lambda_dice, 0.0)
-    check_range(name, "lambda_" + name.split("_")[1], lambda_pixel, 0.0)
+    check_range(name, *lambda_pixel, 0.0)
     dice = dice_loss(pred, target, include_background=include_background, batch=batch,
                      smooth_nr=smooth_nr, smooth_dr=smooth_dr, ignore_index=ignore_index,
                      reduction="none")
     pixel = _pixel_loss(pred, target, gamma, ignore_index)
     valid = (target != ignore_index).to(pred.dtype)
-    return lambda_dice * dice.mean(1) + lambda_pixel * _per_image_mean(pixel, valid, batch)
+    return lambda_dice * dice.mean(1) + lambda_pixel[1] * _per_image_mean(pixel, valid, batch)
 
 
 @register_loss(
@@ -521,7 +522,8 @@ def dice_ce_loss(
     """
     check_reduction(reduction)
     loss = _dice_plus(pred, target, "dice_ce", gamma=0.0, lambda_dice=lambda_dice,
-                      lambda_pixel=lambda_ce, include_background=include_background, batch=batch,
+                      lambda_pixel=("lambda_ce", lambda_ce),
+                      include_background=include_background, batch=batch,
                       smooth_nr=smooth_nr, smooth_dr=smooth_dr, ignore_index=ignore_index)
     return reduce_loss(loss, reduction, weight, avg_factor)
 
@@ -561,7 +563,8 @@ def dice_focal_loss(
     check_reduction(reduction)
     check_range("dice_focal", "gamma", gamma, 0.0)
     loss = _dice_plus(pred, target, "dice_focal", gamma=gamma, lambda_dice=lambda_dice,
-                      lambda_pixel=lambda_focal, include_background=include_background,
+                      lambda_pixel=("lambda_focal", lambda_focal),
+                      include_background=include_background,
                       batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
                       ignore_index=ignore_index)
     return reduce_loss(loss, reduction, weight, avg_factor)
