@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import sigmoid_focal_loss
 
 from losscli.losses._checks import check_range
+from losscli.losses.binary import sigmoid_focal_loss
 from losscli.losses.kinds import Family, Pred, Target
 from losscli.losses.reduction import check_reduction, reduce_loss
 from losscli.losses.registry import register_loss
@@ -109,13 +109,15 @@ def sigmoid_focal_classification_loss(
     Args:
         logits: class logits ``[B, A, C]``, class 0 = background.
         labels: ``[B, A]`` (0 background, ``1..C-1`` object, -1 ignore).
-        alpha, gamma: ``torchvision.ops.sigmoid_focal_loss``'s parameters.
+        alpha, gamma: as ``sigmoid_focal`` (``torchvision.ops.sigmoid_focal_loss``).
 
     Returns:
         ``[B, A]`` focal loss summed over classes, 0 on ignored anchors; not normalised.
     """
-    one_hot = F.one_hot(labels.clamp_min(0), logits.shape[-1])[..., 1:].to(logits.dtype)
-    loss = sigmoid_focal_loss(logits[..., 1:], one_hot, alpha=alpha, gamma=gamma).sum(-1)
+    classes = torch.arange(1, logits.shape[-1], device=labels.device)
+    one_hot = (labels.unsqueeze(-1) == classes).to(logits.dtype)  # background: all zeros
+    loss = sigmoid_focal_loss(logits[..., 1:], one_hot, alpha=alpha, gamma=gamma,
+                              reduction="none").sum(-1)
     return torch.where(labels >= 0, loss, torch.zeros_like(loss))
 
 
