@@ -386,6 +386,21 @@ def test_invalid_arguments_raise(call, match: str) -> None:
         call(pred, target)
 
 
+@pytest.mark.parametrize("fn", ALL, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("binary", [False, True], ids=["softmax", "sigmoid"])
+def test_no_data_dependent_ops_on_meta_device(fn, binary: bool) -> None:
+    """Tensors on the meta device have no data: ``.item()``, ``if tensor``, boolean-mask
+    indexing and ``nonzero`` raise there, so forward and backward passing means no host sync."""
+    channels = 1 if binary else 3
+    x = torch.empty(2, channels, 8, 8, device="meta", requires_grad=True)
+    target = torch.empty(2, 8, 8, device="meta", dtype=torch.float32 if binary else torch.long)
+    for batch in (False, True):
+        for reduction in ("none", "mean"):
+            loss = fn(x, target, ignore_index=IGNORE, batch=batch, reduction=reduction)
+            loss.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host syncs")
 @pytest.mark.parametrize("fn", ALL, ids=lambda f: f.__name__)
 def test_no_host_sync_on_cuda(fn) -> None:
