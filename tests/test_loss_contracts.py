@@ -11,16 +11,19 @@ import pytest
 import torch
 from loss_inputs import cast_inputs, float_leaves, make_inputs
 
-from losscli.losses import LossInfo, create_loss, list_losses
+from losscli.losses import LossInfo, Pred, create_loss, list_losses
 
 # Losses that document they cannot take an empty batch: name -> reason.
 SKIP_EMPTY: dict[str, str] = {}
 
 # Known failures of losses owned by other modules: (test, loss name) -> reason.
-XFAIL: dict[tuple[str, str], str] = {}
+XFAIL: dict[tuple[str, str], str] = {
+    ("gradcheck", "ciou"): "by design: alpha is a constant for the gradient (CIoU paper, "
+    "torchvision), so the gradient is not the derivative of the value",
+}
 
 # Inputs above this many elements are gradchecked in fast mode (one random direction).
-_FULL_GRADCHECK_MAX = 300
+_FULL_GRADCHECK_MAX = 64
 
 
 def _cases(test: str) -> list:
@@ -36,6 +39,8 @@ def _cases(test: str) -> list:
 
 
 def _inputs(info: LossInfo, n: int = 3, dtype=torch.float32, extreme: bool = False):
+    if info.pred is Pred.IMAGES:
+        n = min(n, 2)  # images are large (MS-SSIM needs 161 px)
     g = torch.Generator().manual_seed(1234)
     return make_inputs(info, n, dtype, extreme=extreme, generator=g)
 
@@ -101,7 +106,7 @@ def test_empty_batch_is_zero_with_gradient(info: LossInfo) -> None:
 def test_gradcheck_float64(info: LossInfo) -> None:
     if not info.differentiable:
         pytest.skip("declared not differentiable")
-    n = 1 if info.pred.value == "images" else 2
+    n = 1 if info.pred is Pred.IMAGES else 2
     pred, target = _inputs(info, n=n, dtype=torch.float64)
     leaves = float_leaves(pred)
     is_tuple = isinstance(pred, tuple)
