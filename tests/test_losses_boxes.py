@@ -119,6 +119,20 @@ def test_degenerate_boxes_match_torchvision_where_it_is_finite(ours, ref):
 
 
 @pytest.mark.parametrize(("ours", "ref"), PAIRS, ids=IDS)
+def test_inverted_boxes_match_torchvision(ours, ref):
+    """Unconstrained xyxy regression can predict x2 < x1 or y2 < y1: same as torchvision."""
+    gen = torch.Generator().manual_seed(4)
+    pred, target = random_boxes(40, gen), random_boxes(40, gen)
+    pred[:20] = pred[:20, [2, 1, 0, 3]]  # x2 < x1
+    pred[10:30] = pred[10:30, [0, 3, 2, 1]]  # y2 < y1 (both for 10..19)
+    v, g = _value_and_grads(ours, pred, target, "none")
+    v_ref, g_ref = _value_and_grads(ref, pred, target, "none")
+    torch.testing.assert_close(v, v_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("ours", "ref"), PAIRS, ids=IDS)
 def test_limiting_cases_by_hand(ours, ref):
     pred, target = degenerate_pairs()
     loss = ours(pred, target, reduction="none")

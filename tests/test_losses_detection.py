@@ -203,7 +203,8 @@ def test_ssd_reductions_and_weights():
 
 def test_ssd_gradcheck_float64():
     pred, target = detection_inputs(b=2, a=8, c=3, seed=5)
-    assert torch.autograd.gradcheck(lambda o, lg: ssd_loss((o, lg), target), _leaves(pred))
+    assert torch.autograd.gradcheck(lambda o, lg: ssd_loss((o, lg), target, neg_pos_ratio=1.0),
+                                    _leaves(pred))
 
 
 def test_ignored_anchors_contribute_nothing():

@@ -52,7 +52,7 @@ def _iou(pred: Tensor, target: Tensor, eps: float) -> Tensor:
     x1g, y1g, x2g, y2g = target.unbind(-1)
     iw = torch.min(x2, x2g) - torch.max(x1, x1g)
     ih = torch.min(y2, y2g) - torch.max(y1, y1g)
-    # where, not clamp: torchvision's gradient is exactly 0 for boxes that only touch
+    # torchvision's mask (iw > 0) & (ih > 0), without its boolean-mask indexing (a sync)
     inter = torch.where((iw > 0) & (ih > 0), iw * ih, torch.zeros_like(iw))
     union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
     return inter / (union + eps), union
@@ -80,8 +80,8 @@ def _aspect_angle(boxes: Tensor) -> Tensor:
     """``atan(w / h)`` for ``h != 0`` (also for inverted boxes), finite when ``h == 0``."""
     w = boxes[..., 2] - boxes[..., 0]
     h = boxes[..., 3] - boxes[..., 1]
-    sign = torch.where(h < 0, -torch.ones_like(h), torch.ones_like(h))
-    return torch.atan2(sign * w, sign * h)
+    # atan(w / h) = atan2(w sign(h), |h|) for h != 0 (sign of a zero h: its sign bit)
+    return torch.atan2(w * torch.ones_like(h).copysign(h), h.abs())
 
 
 _BOX_LOSS = {
