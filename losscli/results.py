@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "read_history", "read_runs",
-           "summarize"]
+__all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "WriteError", "read_history",
+           "read_runs", "summarize", "variant_label"]
 
 # Documented in the README ("Output columns"); keep the two in step.
 RUN_COLUMNS = (
-    "run_key", "job", "loss", "loss_key", "seed", "device", "status", "error",
+    "run_key", "job", "job_options", "loss", "loss_key", "seed", "device", "status", "error",
     "primary_metric", "primary_best", "primary_final", "target", "steps_to_target",
     "curve_auc", "final_train_loss", "steps", "epochs", "batch_size", "lr", "optimizer",
     "train_seconds", "samples_per_s", "loss_ms_per_step", "peak_mem_mb",
@@ -139,42 +139,56 @@ def read_history(root: Path):
     return pd.read_csv(io.StringIO(text))
 
 
-def summarize(runs, maximize: bool):
-    """One row per (job, loss): mean ± std over seeds, ranked by the primary metric."""
+def variant_label(job: str, job_options: str, steps: int) -> str:
+    """``reg[outliers=0] · 300 steps``: what a group of comparable runs shares."""
+    opts = json.loads(job_options) if isinstance(job_options, str) and job_options else {}
+    inner = ",".join(f"{k}={v}" for k, v in opts.items())
+    return f"{job}{f'[{inner}]' if inner else ''} · {int(steps)} steps"
+
+
+def summarize(runs, maximize: dict[str, bool]):
+    """One row per (job variant, loss): mean ± std over seeds, ranked by the primary metric
+    within each variant (same job, job options and step budget)."""
     import pandas as pd
 
-    rows = []
-    for (job, loss), g in runs.groupby(["job", "loss"], sort=False):
-        ok = g[g["status"] == "ok"]
-        finals = ok["final_metrics"].map(json.loads) if len(ok) else pd.Series([], dtype=object)
-        metrics = pd.DataFrame(list(finals)) if len(finals) else pd.DataFrame()
-        reached = ok["steps_to_target"].dropna()
-        row = {
-            "job": job,
-            "loss": loss,
-            "runs": len(g),
-            "ok": len(ok),
-            "diverged": int((g["status"] == "diverged").sum()),
-            "errors": int((g["status"] == "error").sum()),
-            "primary_metric": g["primary_metric"].iloc[0],
-            "final_mean": ok["primary_final"].mean(),
-            "final_std": ok["primary_final"].std(ddof=1) if len(ok) > 1 else 0.0,
-            "best_mean": ok["primary_best"].mean(),
-            "steps_to_target": reached.mean() if len(reached) else math.nan,
-            "reached_target": f"{len(reached)}/{len(ok)}",
-            "curve_auc": ok["curve_auc"].mean(),
-            "final_train_loss": ok["final_train_loss"].mean(),
-            "train_seconds": ok["train_seconds"].mean(),
-            "samples_per_s": ok["samples_per_s"].mean(),
-            "loss_ms_per_step": ok["loss_ms_per_step"].mean(),
-        }
-        for name in metrics.columns:
-            row[f"{name}_mean"] = metrics[name].mean()
-        rows.append(row)
+    if not len(runs):
+        return pd.DataFrame()
+    runs = runs.assign(variant=[variant_label(j, o, s) for j, o, s in
+                                zip(runs["job"], runs["job_options"], runs["steps"], strict=True)])
+    rows = [_summary_row(job, variant, loss, g) for (job, variant, loss), g in
+            runs.groupby(["job", "variant", "loss"], sort=False)]
     df = pd.DataFrame(rows)
-    if not len(df):
-        return df
-    df = df.sort_values(["job", "final_mean"], ascending=[True, not maximize],
-                        na_position="last", kind="stable")
-    df.insert(0, "rank", df.groupby("job").cumcount() + 1)
-    return df.reset_index(drop=True)
+    parts = []
+    for _, part in df.groupby("variant", sort=False):
+        asc = not maximize.get(part["job"].iloc[0], True)
+        part = part.sort_values("final_mean", ascending=asc, na_position="last", kind="stable")
+        parts.append(part.assign(rank=range(1, len(part) + 1)))
+    df = pd.concat(parts)
+    return df[["rank", *[c for c in df.columns if c != "rank"]]].reset_index(drop=True)
+
+
+def _summary_row(job: str, variant: str, loss: str, g) -> dict[str, Any]:
+    import pandas as pd
+
+    ok = g[g["status"] == "ok"]
+    metrics = pd.DataFrame([json.loads(m) for m in ok["final_metrics"]])
+    reached = ok["steps_to_target"].dropna()
+    row = {
+        "job": job, "variant": variant, "loss": loss, "runs": len(g), "ok": len(ok),
+        "diverged": int((g["status"] == "diverged").sum()),
+        "errors": int((g["status"] == "error").sum()),
+        "primary_metric": g["primary_metric"].iloc[0],
+        "final_mean": ok["primary_final"].mean(),
+        "final_std": ok["primary_final"].std(ddof=1) if len(ok) > 1 else 0.0,
+        "best_mean": ok["primary_best"].mean(),
+        "steps_to_target": reached.mean() if len(reached) else math.nan,
+        "reached_target": f"{len(reached)}/{len(ok)}",
+        "curve_auc": ok["curve_auc"].mean(),
+        "final_train_loss": ok["final_train_loss"].mean(),
+        "train_seconds": ok["train_seconds"].mean(),
+        "samples_per_s": ok["samples_per_s"].mean(),
+        "loss_ms_per_step": ok["loss_ms_per_step"].mean(),
+    }
+    for name in metrics.columns:
+        row[f"{name}_mean"] = metrics[name].mean()
+    return row

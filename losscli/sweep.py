@@ -1,10 +1,16 @@
-"""Many runs: a plan (validated before anything trains) and its execution into a store."""
+"""Many runs: a plan (validated before anything trains) and its execution into a store.
+
+Execution is resumable: a run whose key is already in the store is skipped. Runs execute
+in this process, in a pool of worker processes (``workers``), or as one shard of a
+``torchrun`` launch (each rank takes every world_size-th run and writes its own shard).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,23 +22,12 @@ import torch
 from losscli.engine import OPTIMIZERS, RunOutcome, TrainConfig, run_one
 from losscli.errors import UsageError
 from losscli.jobs import Job, JobData, create_job
-from losscli.losses import Loss, create_loss
+from losscli.losses import Loss, create_loss, list_losses, load_plugin
 from losscli.results import ResultStore
+from losscli.suite import JobRequest, Overrides
 
-__all__ = ["Overrides", "Plan", "RunSpec", "execute", "make_plan", "versions"]
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """Budget settings from the command line; ``None`` keeps the job's own default."""
-
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None
-    weight_decay: float | None = None
-    eval_every: int | None = None
+__all__ = ["Overrides", "Plan", "RunSpec", "compatible_losses", "execute", "job_data",
+           "make_plan", "versions"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,21 @@ class RunSpec:
 @dataclass
 class Plan:
     runs: list[RunSpec]
-    data: dict[tuple, JobData]  # loaded once per job data key, already on the device
+    sources: dict[tuple, str]  # job data key → where its data came from
+
+    def keys(self) -> list[str]:
+        return [r.key for r in self.runs]
+
+
+_DATA: dict[tuple, JobData] = {}
+
+
+def job_data(job: Job, device: str) -> JobData:
+    """The job's data on ``device``, loaded once per process (runs after the first reuse it)."""
+    key = (job.data_key, device)
+    if key not in _DATA:
+        _DATA[key] = job.load_data().to(device)
+    return _DATA[key]
 
 
 def versions() -> str:
@@ -69,6 +78,10 @@ def versions() -> str:
 
     return (f"losscli={losscli.__version__};torch={torch.__version__};"
             f"torchvision={torchvision.__version__};python={platform.python_version()}")
+
+
+def compatible_losses(job: Job) -> list[str]:
+    return [i.name for i in list_losses() if job.incompatibility(i) is None]
 
 
 def _loss_problems(job: Job, spec: str) -> tuple[Loss | None, list[str]]:
@@ -87,24 +100,18 @@ def _loss_problems(job: Job, spec: str) -> tuple[Loss | None, list[str]]:
     return loss, problems
 
 
-def compatible_losses(job: Job) -> list[str]:
-    from losscli.losses import list_losses
-
-    return [i.name for i in list_losses() if job.incompatibility(i) is None]
-
-
 def _config(job: Job, n_train: int, ov: Overrides, device: str, bf16: bool
             ) -> tuple[TrainConfig, float]:
     b = job.task.budget
     bs = ov.batch_size or b.batch_size
     if bs > n_train:
-        raise UsageError(f"--batch-size {bs} exceeds the {n_train} training samples of {job.name}")
+        raise UsageError(f"batch size {bs} exceeds the {n_train} training samples of {job.name}")
     per_epoch = n_train // bs
     steps = ov.steps or (ov.epochs * per_epoch if ov.epochs else None) or b.steps \
         or (b.epochs or 1) * per_epoch
     optimizer = ov.optimizer or b.optimizer
     if optimizer not in OPTIMIZERS:
-        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     eval_every = ov.eval_every or b.eval_every or (per_epoch if steps >= per_epoch else 0)
     cfg = TrainConfig(steps=steps, batch_size=bs, lr=ov.lr if ov.lr is not None else b.lr,
                       optimizer=optimizer,
@@ -114,36 +121,42 @@ def _config(job: Job, n_train: int, ov: Overrides, device: str, bf16: bool
     return cfg, steps / per_epoch
 
 
-def make_plan(
-    task: str,
-    losses: Sequence[str],
-    seeds: Sequence[int],
-    overrides: Overrides = Overrides(),
-    device: str = "cpu",
-    bf16: bool = False,
-    job_options: dict[str, Any] | None = None,
-) -> Plan:
-    """Resolve names, load the data and check every loss against the job before training.
+def make_plan(requests: Sequence[JobRequest], device: str = "cpu", bf16: bool = False) -> Plan:
+    """Resolve names, load the data and check every loss against its job before training.
 
     Raises:
         UsageError: naming every problem found (unknown names, incompatible pairs, bad values).
     """
-    job = create_job(task, **(job_options or {}))
-    specs = list(losses) or list(job.task.losses)
-    problems, compiled = [], []
-    for spec in dict.fromkeys(specs):  # a loss given twice runs once
-        loss, found = _loss_problems(job, spec)
-        problems += found
-        compiled.append(loss)
-    if problems:
-        raise UsageError("\n".join(problems) + f"\nlosses that apply to {job.name}: "
-                         + ", ".join(compatible_losses(job)))
     if bf16 and not device.startswith("cuda"):
         raise UsageError("--bf16 needs --device cuda")
-    data = job.load_data().to(device)
-    cfg, epochs = _config(job, data.n_train, overrides, device, bf16)
-    runs = [RunSpec(job, loss, seed, cfg, epochs) for loss in compiled for seed in seeds]
-    return Plan(runs=runs, data={job.data_key: data})
+    problems: list[str] = []
+    checked: list[tuple[JobRequest, Job, list[Loss]]] = []
+    for req in requests:
+        prefix = f"[{req.task}] " if len(requests) > 1 else ""
+        try:
+            job = create_job(req.task, **req.options)
+        except UsageError as exc:
+            problems.append(prefix + str(exc))
+            continue
+        found, losses = [], []
+        for spec in dict.fromkeys(req.losses or job.task.losses):  # a repeated loss runs once
+            loss, errs = _loss_problems(job, spec)
+            found += errs
+            losses.append(loss)
+        if found:
+            problems += [prefix + p for p in found]
+            problems.append(f"{prefix}losses that apply to {job.name}: "
+                            + ", ".join(compatible_losses(job)))
+        checked.append((req, job, losses))
+    if problems:
+        raise UsageError("\n".join(problems))
+    runs, sources = [], {}
+    for req, job, losses in checked:
+        data = job_data(job, device)  # a data error (e.g. missing files) is a usage error too
+        sources[job.data_key] = data.source
+        cfg, epochs = _config(job, data.n_train, req.overrides, device, bf16)
+        runs += [RunSpec(job, loss, seed, cfg, epochs) for loss in losses for seed in req.seeds]
+    return Plan(runs=runs, sources=sources)
 
 
 # --------------------------------------------------------------------------- execution
@@ -151,23 +164,24 @@ def make_plan(
 
 def _row(spec: RunSpec, data: JobData, out: RunOutcome) -> dict[str, Any]:
     job = spec.job
-    name, better = job.primary_metric, (max if job.maximize else min)
+    name = job.primary_metric
     evals = [m for _, m in out.evals[1:]] or [m for _, m in out.evals]
     finals = evals[-1] if evals else {}
-    best = {k: better(m[k] for m in evals) if k == name else
-            _best(k, evals) for k in finals}
+    best = {k: _best(k, evals, job) for k in finals}
     target = job.task.target
     crossed = [s for s, m in out.evals
                if (m[name] >= target if job.maximize else m[name] <= target)]
     return {
-        "run_key": spec.key, "job": job.name, "loss": spec.loss.spec, "loss_key": spec.loss.key,
+        "run_key": spec.key, "job": job.name,
+        "job_options": json.dumps({k: str(v) for k, v in sorted(job.options.items())}),
+        "loss": spec.loss.spec, "loss_key": spec.loss.key,
         "seed": spec.seed, "device": spec.cfg.device, "status": out.status, "error": out.error,
         "primary_metric": name, "primary_best": best.get(name, math.nan),
         "primary_final": finals.get(name, math.nan), "target": target,
         "steps_to_target": crossed[0] if crossed and out.status == "ok" else None,
         "curve_auc": _curve_auc(out.evals, name, spec.cfg.steps),
         "final_train_loss": out.train_loss[-1][1] if out.train_loss else math.nan,
-        "steps": out.steps_done, "epochs": round(spec.epochs, 3),
+        "steps": spec.cfg.steps, "epochs": round(spec.epochs, 3),
         "batch_size": spec.cfg.batch_size, "lr": spec.cfg.lr, "optimizer": spec.cfg.optimizer,
         "train_seconds": round(out.train_seconds, 4),
         "samples_per_s": out.timed_samples / out.train_seconds if out.train_seconds else math.nan,
@@ -180,18 +194,20 @@ def _row(spec: RunSpec, data: JobData, out: RunOutcome) -> dict[str, Any]:
 _LOWER_IS_BETTER = {"ece", "nll", "rmse", "mae", "lpips", "loss"}
 
 
-def _best(metric: str, evals: list[dict[str, float]]) -> float:
+def _best(metric: str, evals: list[dict[str, float]], job: Job) -> float:
     values = [m[metric] for m in evals]
-    return min(values) if metric in _LOWER_IS_BETTER else max(values)
+    lower = (not job.maximize) if metric == job.primary_metric else metric in _LOWER_IS_BETTER
+    return min(values) if lower else max(values)
 
 
 def _curve_auc(evals: list[tuple[int, dict[str, float]]], metric: str, steps: int) -> float:
     """Area under the eval curve over the fraction of training, from step 0 (trapezoid)."""
     pts = [(s / steps, m[metric]) for s, m in evals]
-    if len(pts) < 2:
+    if len(pts) < 2 or not pts[-1][0]:
         return math.nan
-    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False))
-    return area / pts[-1][0] if pts[-1][0] else math.nan
+    area = sum((x1 - x0) * (y0 + y1) / 2
+               for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False))
+    return area / pts[-1][0]
 
 
 def _history(out: RunOutcome) -> list[tuple[int, str, str, float]]:
@@ -200,27 +216,75 @@ def _history(out: RunOutcome) -> list[tuple[int, str, str, float]]:
     return sorted(rows, key=lambda r: r[0])
 
 
+def run_spec(spec: RunSpec, on_step: Callable[[int], None] | None = None
+             ) -> tuple[dict[str, Any], list]:
+    """One run → its runs.csv row and history rows."""
+    data = job_data(spec.job, spec.cfg.device)
+    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, on_step=on_step)
+    return _row(spec, data, out), _history(out)
+
+
+def shard(runs: list[RunSpec], rank: int, world_size: int) -> list[RunSpec]:
+    """This rank's share of the plan: every world_size-th run, in plan order."""
+    return runs[rank::world_size]
+
+
 def execute(
-    plan: Plan,
+    runs: Sequence[RunSpec],
     store: ResultStore,
     *,
-    skip: set[str] = frozenset(),
-    on_start: Callable[[int, RunSpec], None] | None = None,
+    workers: int = 1,
+    plugins: Sequence[str] = (),
+    on_start: Callable[[RunSpec], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     on_done: Callable[[RunSpec, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every planned run not in ``skip`` and append each to ``store`` as it finishes."""
+    """Run every run whose key is not in ``store`` yet; append each as it finishes."""
+    done = store.finished_keys()
+    todo = [r for r in runs if r.key not in done]
     rows = []
-    for i, spec in enumerate(plan.runs):
-        if spec.key in skip:
-            continue
+    if workers > 1 and len(todo) > 1:
+        return _execute_pool(todo, store, workers, plugins, on_start, on_done)
+    for spec in todo:
         if on_start:
-            on_start(i, spec)
-        data = plan.data[spec.job.data_key]
-        out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, on_step=on_step)
-        row = _row(spec, data, out)
-        store.append(row, _history(out))
+            on_start(spec)
+        row, history = run_spec(spec, on_step)
+        store.append(row, history)
         rows.append(row)
         if on_done:
             on_done(spec, row)
+    return rows
+
+
+def _init_worker(threads: int, plugins: Sequence[str]) -> None:
+    torch.set_num_threads(threads)
+    for p in plugins:
+        load_plugin(p)
+
+
+def _execute_pool(todo, store, workers, plugins, on_start, on_done) -> list[dict[str, Any]]:
+    """A pool of worker processes, CPU threads divided among them; this process writes."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    rows = []
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads, tuple(plugins))) as pool:
+        pending = {}
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < workers:
+                spec = queue.pop(0)
+                if on_start:
+                    on_start(spec)
+                pending[pool.submit(run_spec, spec)] = spec
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                spec = pending.pop(fut)
+                row, history = fut.result()
+                store.append(row, history)
+                rows.append(row)
+                if on_done:
+                    on_done(spec, row)
     return rows

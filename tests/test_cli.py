@@ -48,8 +48,8 @@ def test_train_mnist_end_to_end(tmp_path):
     assert set(history["split"]) == {"train", "test"}
     assert {"accuracy", "f1_macro", "ece", "nll", "loss"} <= set(history["metric"])
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["job"] == "mnist" and "torch=" in meta["versions"]
-    assert "embedded" in meta["data_source"]
+    assert meta["jobs"] == ["mnist"] and "torch=" in meta["versions"]
+    assert "embedded" in meta["data_sources"]["mnist"]
     assert "focal:gamma=2" in res.output  # the table
 
 
@@ -57,7 +57,7 @@ def test_csv_and_json_formats(tmp_path):
     res = invoke("train", "--loss", "ce", "--out", str(tmp_path / "a"), "--format", "csv", *TINY)
     assert res.exit_code == 0, res.output
     first = res.stdout.splitlines()[0].split(",")
-    assert first[:3] == ["rank", "job", "loss"] and "final_mean" in first
+    assert first[:4] == ["rank", "job", "variant", "loss"] and "final_mean" in first
     res = invoke("train", "--loss", "ce", "--out", str(tmp_path / "b"), "--format", "json",
                  *TINY)
     assert json.loads(res.stdout)[0]["loss"] == "ce"
@@ -136,7 +136,7 @@ def test_fashion_from_a_torchvision_data_dir(tmp_path):
                  str(tmp_path / "data"), "--out", str(out), *TINY)
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "meta.json").read_text())
-    assert "torchvision FashionMNIST" in meta["data_source"]
+    assert "torchvision FashionMNIST" in meta["data_sources"]["fashion"]
 
 
 def test_fashion_without_data_says_how_to_get_it(tmp_path, monkeypatch):

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, err, handle_errors, out
+from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, handle_errors
+from losscli.cli.running import RunProgress, render_summary, report_errors, run_meta
 
 BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
 DATA = "Data"
@@ -96,13 +95,12 @@ def train(
     to a run directory (runs.csv, history.csv, meta.json); the summary (mean ± std over
     seeds, ranked by the job's primary metric) goes to stdout.
     """
-    import torch
-
     from losscli.engine import resolve_device
     from losscli.errors import UsageError
     from losscli.losses import load_plugin
     from losscli.results import ResultStore, read_runs, summarize
-    from losscli.sweep import Overrides, execute, make_plan
+    from losscli.suite import JobRequest, Overrides
+    from losscli.sweep import execute, make_plan
 
     for p in plugin or []:
         load_plugin(p)
@@ -119,21 +117,20 @@ def train(
         "image_size": image_size, "num_classes": num_classes, "fg_fraction": fg_fraction,
         "binary": binary, "pos_ratio": pos_ratio, "sigma": sigma, **_key_values(opt or []),
     }
-    plan = make_plan(task, loss or [], range(seeds), overrides, dev, bf16, options)
+    request = JobRequest(task=task, losses=tuple(loss or ()), seeds=tuple(range(seeds)),
+                         overrides=overrides, options=options)
+    plan = make_plan([request], dev, bf16)
     job = plan.runs[0].job
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     store = ResultStore(out_dir or Path("results") / "runs" / f"{stamp}-{job.name}")
-    store.write_meta(_meta(plan, dev, torch))
-    with _Progress(len(plan.runs), plan.runs[0].cfg.steps, quiet) as progress:
-        execute(plan, store, on_start=progress.start, on_step=progress.step,
+    store.write_meta(run_meta(plan, dev))
+    with RunProgress(len(plan.runs), quiet) as progress:
+        execute(plan.runs, store, on_start=progress.start, on_step=progress.step,
                 on_done=progress.done)
     runs = read_runs(store.root)
-    summary = summarize(runs, job.maximize)
-    _render(summary, job, plan, fmt, store.root)
-    if (runs["status"] == "error").any():
-        for _, r in runs[runs["status"] == "error"].iterrows():
-            err.print(f"error: {r['loss']} seed {r['seed']}: {r['error']}", style="red",
-                      highlight=False, markup=False)
+    summary = summarize(runs, {job.name: job.maximize})
+    render_summary(summary, [job], plan, fmt, store.root)
+    if report_errors(runs):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -150,98 +147,3 @@ def _key_values(items: list[str]) -> dict:
     return parsed
 
 
-def _meta(plan, device: str, torch) -> dict:
-    from losscli.sweep import versions
-
-    spec = plan.runs[0]
-    return {
-        "command": shlex.join(["losscli", *sys.argv[1:]]),
-        "job": spec.job.name,
-        "job_options": spec.job.options,
-        "data_source": plan.data[spec.job.data_key].source,
-        "losses": sorted({r.loss.spec for r in plan.runs}),
-        "seeds": sorted({r.seed for r in plan.runs}),
-        "config": spec.cfg.describe(),
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else
-        "cpu",
-        "threads": torch.get_num_threads(),
-        "versions": versions(),
-        "git_commit": _git_commit(),
-        "started_at": datetime.now(timezone.utc).isoformat(),
-    }
-
-
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None
-
-
-class _Progress:
-    """One transient progress display on stderr: overall runs and the current run."""
-
-    def __init__(self, total_runs: int, steps: int, quiet: bool):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.quiet, self.steps = quiet, steps
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
-            disable=quiet,
-        )
-        self.total_runs = total_runs
-        self._every = max(1, steps // 200)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        self.all = self.progress.add_task("runs", total=self.total_runs)
-        self.run = self.progress.add_task("", total=self.steps)
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def start(self, index: int, spec) -> None:
-        self.progress.reset(self.run, total=spec.cfg.steps,
-                            description=f"{spec.loss.spec} seed {spec.seed}")
-
-    def step(self, step: int) -> None:
-        if step % self._every == 0:  # host-side counter only; no device sync
-            self.progress.update(self.run, completed=step)
-
-    def done(self, spec, row: dict) -> None:
-        self.progress.advance(self.all)
-        if self.quiet:
-            return
-        colour = {"ok": "green", "diverged": "yellow"}.get(row["status"], "red")
-        metric = row["primary_metric"]
-        self.progress.console.print(
-            f"[{colour}]{row['status']:>8}[/] {spec.job.name} {spec.loss.spec} seed "
-            f"{spec.seed}: {metric} {row['primary_final']:.4f}, "
-            f"{row['train_seconds']:.1f} s", highlight=False)
-
-
-def _render(summary, job, plan, fmt: OutputFormat, root: Path) -> None:
-    from losscli.render import summary_table
-
-    if fmt is OutputFormat.csv:
-        sys.stdout.write(summary.to_csv(index=False))
-    elif fmt is OutputFormat.json:
-        sys.stdout.write(summary.to_json(orient="records", indent=2) + "\n")
-    else:
-        source = plan.data[job.data_key].source
-        out.print(summary_table(summary, job, f"{source} · {plan.runs[0].cfg.device}"))
-        err.print(f"results: {root}", highlight=False)
