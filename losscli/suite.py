@@ -19,10 +19,11 @@ gamma = [0, 0.5, 1, 2, 5]
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from losscli.errors import UsageError
 from losscli.losses.registry import _fmt

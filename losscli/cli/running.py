@@ -55,8 +55,14 @@ class RunProgress:
     a line per finished run is printed above it."""
 
     def __init__(self, total_runs: int, quiet: bool, skipped: int = 0):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.quiet = quiet
         self.progress = Progress(
