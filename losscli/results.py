@@ -51,8 +51,11 @@ def _csv_line(values: list[Any]) -> str:
 class ResultStore:
     """Append-only store for one run directory."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, shard: str | None = None):
+        """``shard``: this writer's own files (``runs.<shard>.csv``), e.g. one per torchrun
+        rank; readers merge every shard of the directory."""
         self.root = Path(root)
+        self.shard = shard
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write-test"
@@ -63,18 +66,19 @@ class ResultStore:
 
     @property
     def runs_path(self) -> Path:
-        return self.root / "runs.csv"
+        return self.root / (f"runs.{self.shard}.csv" if self.shard else "runs.csv")
 
     @property
     def history_path(self) -> Path:
-        return self.root / "history.csv"
+        return self.root / (f"history.{self.shard}.csv" if self.shard else "history.csv")
 
     def _append(self, path: Path, header: tuple[str, ...], lines: str) -> None:
-        new = not path.exists() or path.stat().st_size == 0
-        data = (_csv_line(list(header)) if new else "") + lines
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.write(fd, data.encode())
+            size = _drop_partial_line(fd)
+            data = (_csv_line(list(header)) if size == 0 else "") + lines
+            os.lseek(fd, 0, os.SEEK_END)
+            os.write(fd, data.encode())  # one write of whole lines
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -100,8 +104,9 @@ class ResultStore:
             raise WriteError(self.root, exc.strerror or str(exc)) from None
 
     def finished_keys(self) -> set[str]:
+        """Runs a resume skips: finished ``ok`` or ``diverged`` (an ``error`` is retried)."""
         df = read_runs(self.root)
-        return set(df["run_key"]) if len(df) else set()
+        return set(df.loc[df["status"].isin(["ok", "diverged"]), "run_key"])
 
 
 def _cell(value: Any) -> Any:
@@ -112,6 +117,22 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _drop_partial_line(fd: int) -> int:
+    """Truncate a partial trailing line (a writer killed mid-write); return the new size."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0:
+        return 0
+    os.lseek(fd, size - 1, os.SEEK_SET)
+    if os.read(fd, 1) == b"\n":
+        return size
+    chunk = min(size, 1 << 20)
+    os.lseek(fd, size - chunk, os.SEEK_SET)
+    tail = os.read(fd, chunk)
+    keep = size - chunk + tail.rfind(b"\n") + 1
+    os.ftruncate(fd, keep)
+    return keep
+
+
 def _complete_lines(path: Path) -> str:
     text = path.read_text() if path.exists() else ""
     if text and not text.endswith("\n"):  # a partial trailing line from a killed writer
@@ -119,24 +140,34 @@ def _complete_lines(path: Path) -> str:
     return text
 
 
-def read_runs(root: Path):
-    """``runs.csv`` as a DataFrame (empty with the schema's columns when there is none)."""
+def _read_shards(root: Path, stem: str, columns: tuple[str, ...]):
     import pandas as pd
 
-    text = _complete_lines(Path(root) / "runs.csv")
-    if not text.strip():
-        return pd.DataFrame(columns=list(RUN_COLUMNS))
-    df = pd.read_csv(io.StringIO(text), keep_default_na=True)
+    frames = []
+    for path in sorted(Path(root).glob(f"{stem}*.csv")):
+        text = _complete_lines(path)
+        if text.count("\n") > 1:
+            frames.append(pd.read_csv(io.StringIO(text)))
+    if not frames:
+        return pd.DataFrame(columns=list(columns))
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_runs(root: Path):
+    """Every finished run of a run directory (all shards), one row per run key."""
+    df = _read_shards(root, "runs", RUN_COLUMNS)
+    # a run that errored and was retried on resume: its latest row wins
+    df = df.sort_values("finished_at", kind="stable")
     return df.drop_duplicates("run_key", keep="last").reset_index(drop=True)
 
 
 def read_history(root: Path):
-    import pandas as pd
-
-    text = _complete_lines(Path(root) / "history.csv")
-    if not text.strip():
-        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    return pd.read_csv(io.StringIO(text))
+    """History rows of finished runs only, without the duplicates a resumed run can leave."""
+    df = _read_shards(root, "history", HISTORY_COLUMNS)
+    finished = set(read_runs(root)["run_key"])
+    df = df[df["run_key"].isin(finished)]
+    return df.drop_duplicates(["run_key", "step", "split", "metric"], keep="last") \
+        .reset_index(drop=True)
 
 
 def variant_label(job: str, job_options: str, steps: int) -> str:

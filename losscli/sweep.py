@@ -46,7 +46,8 @@ class RunSpec:
             "options": {k: str(v) for k, v in sorted(self.job.options.items())},
             "loss": self.loss.key,
             "seed": self.seed,
-            "cfg": self.cfg.describe(),
+            # the device type, not its index: rank 3's cuda:3 runs the same run as cuda:0
+            "cfg": {**self.cfg.describe(), "device": self.cfg.device.split(":")[0]},
         }
         return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -173,7 +174,7 @@ def _row(spec: RunSpec, data: JobData, out: RunOutcome) -> dict[str, Any]:
                if (m[name] >= target if job.maximize else m[name] <= target)]
     return {
         "run_key": spec.key, "job": job.name,
-        "job_options": json.dumps({k: str(v) for k, v in sorted(job.options.items())}),
+        "job_options": job.options_json,
         "loss": spec.loss.spec, "loss_key": spec.loss.key,
         "seed": spec.seed, "device": spec.cfg.device, "status": out.status, "error": out.error,
         "primary_metric": name, "primary_best": best.get(name, math.nan),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from losscli.cli import listing, train
+from losscli.cli import listing, sweep, train
 
 app = typer.Typer(
     name="losscli",
@@ -15,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("train")(train.train)
+app.command("sweep")(sweep.sweep)
 app.add_typer(listing.app, name="list")
 
 

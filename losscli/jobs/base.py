@@ -5,6 +5,7 @@ A job never knows the CLI or the engine's loop; the engine calls it through this
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -139,6 +140,11 @@ class Job(ABC):
     def data_key(self) -> tuple:
         """Identifies the loaded data, so it is loaded once per process."""
         return (self.name, tuple(sorted(self.options.items())))
+
+    @property
+    def options_json(self) -> str:
+        """The job options as stored in runs.csv's ``job_options`` column."""
+        return json.dumps({k: str(v) for k, v in sorted(self.options.items())})
 
     def incompatibility(self, info: LossInfo) -> str | None:
         """Why ``info`` cannot train this job, or None when it can."""

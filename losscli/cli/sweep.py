@@ -1,0 +1,146 @@
+"""``losscli sweep SUITE.toml``: a grid of jobs × losses × seeds, resumable."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, err, handle_errors, out
+from losscli.cli.running import RunProgress, render_summary, report_errors, run_meta
+
+
+@handle_errors
+def sweep(
+    suite_file: Annotated[Path, typer.Argument(help="Suite TOML (see tasks/quick.toml).",
+                                               show_default=False)],
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Run directory (default results/runs/<suite name>). Re-running the "
+        "same command resumes: finished runs are skipped.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes; CPU threads are "
+                                         "divided among them.")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per process "
+                                                "(default: torch's).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the validated plan and exit.")] = False,
+    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] =
+        Device.auto,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (loss in fp32).")] = False,
+    plugin: Annotated[list[str] | None, typer.Option(
+        help="Module or .py file registering extra losses (repeatable).")] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Summary on stdout.")] =
+        OutputFormat.table,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run every job × loss × seed of a suite; the whole plan is checked before training.
+
+    Each finished run is appended to the run directory at once, so a sweep killed at any
+    moment loses at most the run in flight. Under ``torchrun --nproc-per-node N -m losscli
+    sweep ...`` each rank runs its share of the plan and writes its own shard.
+    """
+    import torch
+
+    from losscli.results import ResultStore, read_runs, summarize
+    from losscli.suite import load_suite
+    from losscli.sweep import execute, make_plan, shard
+
+    plugins = _load_plugins(plugin)
+    if threads:
+        torch.set_num_threads(threads)
+    suite = load_suite(suite_file)
+    rank, world, dev = _distributed(_device(device))
+    plan = make_plan(suite.requests, dev, bf16)
+    root = out_dir or Path("results") / "runs" / suite.name
+    if dry_run:
+        if rank == 0:
+            out.print(_plan_table(plan, root))
+        return
+    store = ResultStore(root, shard=f"rank{rank}" if world > 1 else None)
+    mine = shard(plan.runs, rank, world)
+    done = store.finished_keys()
+    if rank == 0:
+        store.write_meta(run_meta(plan, dev, suite=str(suite_file), world_size=world,
+                                  workers=workers))
+        if done & set(plan.keys()):
+            err.print(f"resuming: {len(done & set(plan.keys()))} of {len(plan.runs)} runs "
+                      "already finished", highlight=False)
+    skipped = sum(r.key in done for r in mine)
+    with RunProgress(len(mine), quiet or rank > 0, skipped=skipped) as progress:
+        execute(mine, store, workers=workers, plugins=plugins, on_start=progress.start,
+                on_step=progress.step, on_done=progress.done)
+    _barrier(world)
+    if rank != 0:
+        return
+    runs = read_runs(store.root)
+    runs = runs[runs["run_key"].isin(plan.keys())]
+    jobs = list({r.job.name: r.job for r in plan.runs}.values())
+    render_summary(summarize(runs, {j.name: j.maximize for j in jobs}), jobs, plan, fmt,
+                   store.root)
+    if report_errors(runs):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _load_plugins(plugins: list[str] | None) -> list[str]:
+    from losscli.losses import load_plugin
+
+    for p in plugins or []:
+        load_plugin(p)
+    return list(plugins or [])
+
+
+def _device(device: Device) -> str:
+    from losscli.engine import resolve_device
+    from losscli.errors import UsageError
+
+    try:
+        return str(resolve_device(device.value))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _distributed(device: str) -> tuple[int, int, str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; gloo on CPU, NCCL on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        # ranks finish their shards at different times: wait long at the final barrier
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=24))
+    return dist.get_rank(), world, "cuda" if cuda else device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _plan_table(plan, root: Path):
+    from rich.table import Table
+
+    from losscli.results import ResultStore, variant_label
+
+    done = ResultStore(root).finished_keys() if root.exists() else set()
+    table = Table(title=f"plan: {len(plan.runs)} runs → {root}", title_justify="left")
+    for col in ("job", "loss", "seeds", "steps", "batch", "lr", "optimizer", "finished"):
+        table.add_column(col)
+    groups: dict[tuple, list] = {}
+    for r in plan.runs:
+        label = variant_label(r.job.name, r.job.options_json, r.cfg.steps)
+        groups.setdefault((label, r.loss.spec), []).append(r)
+    for (label, spec), runs in groups.items():
+        cfg = runs[0].cfg
+        table.add_row(label, spec, ",".join(str(r.seed) for r in runs), str(cfg.steps),
+                      str(cfg.batch_size), f"{cfg.lr:g}", cfg.optimizer,
+                      f"{sum(r.key in done for r in runs)}/{len(runs)}")
+    return table
