@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
+import operator
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,10 +157,15 @@ def min_image_size(loss: str, **params: object) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The normalised 1-D Gaussian ``[size]`` (built in float32 as pytorch_msssim does)."""
-    coords = torch.arange(size, dtype=torch.float32) - size // 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return (g / g.sum()).to(device=device, dtype=dtype)
+    """The normalised 1-D Gaussian ``[size]`` (built in float32 as pytorch_msssim does).
+
+    Cached, so built outside inference mode: a cached inference tensor could not be used
+    by a later training step.
+    """
+    with torch.inference_mode(False):
+        coords = torch.arange(size, dtype=torch.float32) - size // 2
+        g = torch.exp(-(coords**2) / (2 * sigma**2))
+        return (g / g.sum()).to(device=device, dtype=dtype)
 
 
 def _blur(x: Tensor, win: Tensor) -> Tensor:
@@ -225,7 +232,7 @@ def ssim_loss(
     return reduce_loss(1 - ssim.mean(1), reduction, weight, avg_factor)
 
 
-def _relu_pow(x: Tensor, p: Tensor) -> Tensor:
+def _relu_pow(x: Tensor, p: float) -> Tensor:
     """``relu(x) ** p`` with a zero (not NaN) gradient where ``x <= 0``.
 
     Autograd of ``relu(x) ** p`` at ``x <= 0`` is ``0 * inf = NaN`` for ``p < 1``; the
@@ -233,7 +240,7 @@ def _relu_pow(x: Tensor, p: Tensor) -> Tensor:
     """
     positive = x > 0
     powered = torch.where(positive, x, torch.ones_like(x)) ** p
-    return torch.where(positive, powered, (p == 0).to(x.dtype))  # 0 ** 0 == 1
+    return torch.where(positive, powered, 1.0 if p == 0 else 0.0)  # 0 ** 0 == 1
 
 
 @register_loss(
@@ -297,8 +304,7 @@ def ms_ssim_loss(
             padding = [s % 2 for s in x.shape[2:]]
             x, y = F.avg_pool2d(x, 2, padding=padding), F.avg_pool2d(y, 2, padding=padding)
     terms.append(ssim)
-    exponents = torch.tensor(w, dtype=pred.dtype, device=pred.device).view(-1, 1, 1)
-    ms = _relu_pow(torch.stack(terms), exponents).prod(0)  # [N, C]
+    ms = functools.reduce(operator.mul, map(_relu_pow, terms, w))  # [N, C]
     return reduce_loss(1 - ms.mean(1), reduction, weight, avg_factor)
 
 
@@ -438,17 +444,29 @@ def _as_rgb(x: Tensor, loss: str) -> Tensor:
 def _lpips_network(net: str, device: torch.device) -> nn.Module:
     key = ("lpips", net, str(device))
     if key not in _NETWORKS:
-        features = _backbone_features(net, f"lpips:net={net}")
-        import lpips  # slow to import (~2 s): only when the loss is used
-
-        with warnings.catch_warnings():  # torchvision's "pretrained is deprecated"
-            warnings.simplefilter("ignore", UserWarning)
-            # pnet_rand: build the trunk with random weights (no download); the linear
-            # layers come from the lpips package itself.
-            model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-        _load_features(model.net, features, str(backbone_checkpoint(net)), "lpips")
-        _NETWORKS[key] = _frozen(model, device)
+        _NETWORKS[key] = _build_lpips(net, device)
     return _NETWORKS[key]
+
+
+@torch.inference_mode(False)  # cached: its tensors must serve later training steps
+def _build_lpips(net: str, device: torch.device) -> nn.Module:
+    features = _backbone_features(net, f"lpips:net={net}")
+    import lpips  # slow to import (~2 s): only when the loss is used
+
+    # Built on the meta device: no download (pnet_rand) and no random init of the
+    # torchvision classifier that lpips builds and drops (124M weights for vgg16); every
+    # tensor is then loaded below, strictly.
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torchvision: pretrained=
+        model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+    model = model.to_empty(device="cpu")
+    _load_features(model.net, features, str(backbone_checkpoint(net)), "lpips")
+    model.scaling_layer.load_state_dict(lpips.ScalingLayer().state_dict())
+    # The v0.1 linear layers shipped in the lpips package (lpips/weights/v0.1/<net>.pth).
+    lin_path = Path(inspect.getfile(lpips.LPIPS)).parent / "weights" / "v0.1" / f"{net}.pth"
+    lins = torch.load(lin_path, map_location="cpu", weights_only=True)
+    model.lins.load_state_dict({k.removeprefix("lin"): v for k, v in lins.items()})
+    return _frozen(model, device)
 
 
 @register_loss(
@@ -596,17 +614,21 @@ def _dists_network(weights: str | None, device: torch.device) -> nn.Module:
     path = _dists_weights_path(weights)
     key = ("dists", str(path), str(device))
     if key not in _NETWORKS:
-        alpha, beta = _dists_alpha_beta(path)
-        features = _backbone_features("vgg", "dists")
-        from torchvision.models import vgg16
-
-        with torch.device("meta"):  # no memory and no init for the unused classifier
-            trunk = vgg16(weights=None).features
-        trunk = trunk.to_empty(device="cpu")
-        model = _Dists(trunk, alpha, beta)
-        _load_features(model.stages, features, str(backbone_checkpoint("vgg")), "dists")
-        _NETWORKS[key] = _frozen(model, device)
+        _NETWORKS[key] = _build_dists(path, device)
     return _NETWORKS[key]
+
+
+@torch.inference_mode(False)  # cached: its tensors must serve later training steps
+def _build_dists(path: Path, device: torch.device) -> nn.Module:
+    alpha, beta = _dists_alpha_beta(path)
+    features = _backbone_features("vgg", "dists")
+    from torchvision.models import vgg16
+
+    with torch.device("meta"):  # no memory and no init for the unused classifier
+        trunk = vgg16(weights=None).features
+    model = _Dists(trunk.to_empty(device="cpu"), alpha, beta)
+    _load_features(model.stages, features, str(backbone_checkpoint("vgg")), "dists")
+    return _frozen(model, device)
 
 
 @register_loss(
