@@ -133,7 +133,7 @@ def _msssim(name: str) -> Callable[[], Callable]:
 
 
 def _torchmetrics_psnr() -> Callable:
-    from torchmetrics.functional import peak_signal_noise_ratio
+    from torchmetrics.functional.image import peak_signal_noise_ratio
 
     return lambda p, t: -peak_signal_noise_ratio(p, t, data_range=1.0, dim=(1, 2, 3))
 
@@ -198,8 +198,11 @@ def _fwd_bwd_ms(fn: Callable, pred: Tensor, target: Tensor, device: torch.device
     return 1000 * (time.perf_counter() - start)
 
 
-def time_row(row: Row, device: torch.device, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median fwd+bwd ms of (ours, peer), alternating which goes first in each repeat."""
+def time_row(
+    row: Row, device: torch.device, repeats: int, warmup: int, stat: Callable = statistics.median
+) -> tuple[float, float]:
+    """``stat`` (median) of fwd+bwd ms of (ours, peer), alternating which goes first in
+    each repeat."""
     ours = create_loss(row.spec)
     peer = row.make_peer()
     pred, target = SIZES[row.size][1](torch.Generator().manual_seed(0))
@@ -214,16 +217,18 @@ def time_row(row: Row, device: torch.device, repeats: int, warmup: int) -> tuple
         for i in ((0, 1) if r % 2 == 0 else (1, 0)):
             fn, p, t = calls[i]
             times[i].append(_fwd_bwd_ms(fn, p, t, device))
-    return statistics.median(times[0]), statistics.median(times[1])
+    return stat(times[0]), stat(times[1])
 
 
-def run(rows: list[Row], device: torch.device, repeats: int, warmup: int) -> list[tuple]:
+def run(
+    rows: list[Row], device: torch.device, repeats: int, warmup: int, stat: Callable
+) -> list[tuple]:
     results = []
     for row in rows:
         label = SIZES[row.size][0]
         try:
             create_loss(row.spec)
-            ours_ms, peer_ms = time_row(row, device, repeats, warmup)
+            ours_ms, peer_ms = time_row(row, device, repeats, warmup, stat)
         except UnknownNameError:
             results.append((row.spec, label, row.peer, None, None, "not registered"))
             continue
@@ -267,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--only", default="", help="comma-separated loss specs to run")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="min is steadier on a machine shared with other work")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         parser.error("--repeats must be >= 1, --warmup and --threads >= 0")
@@ -275,9 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     rows = [r for r in ROWS if not wanted or r.spec in wanted]
     device = torch.device(args.device)
-    title = (f"loss forward+backward, median of {args.repeats} interleaved repeats on {device}"
-             f" (torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    render(run(rows, device, args.repeats, args.warmup), title)
+    title = (f"loss forward+backward, {args.stat} of {args.repeats} interleaved repeats on "
+             f"{device} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    stat = statistics.median if args.stat == "median" else min
+    render(run(rows, device, args.repeats, args.warmup, stat), title)
 
 
 if __name__ == "__main__":

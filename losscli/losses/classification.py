@@ -324,7 +324,7 @@ def multi_margin_loss(
     cw = as_class_tensor(class_weight, pred, n_classes, "hinge: class_weight")
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target))
-    flat = pred.movedim(1, -1).reshape(-1, n_classes)  # a view for [N, C]
+    flat = pred if pred.dim() == 2 else pred.movedim(1, -1).reshape(-1, n_classes)
     loss = F.multi_margin_loss(flat, safe_target.reshape(-1), p=p, margin=margin,
                                weight=None if cw is None else cw.to(pred.dtype),
                                reduction="none")
