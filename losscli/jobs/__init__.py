@@ -7,11 +7,13 @@ from typing import Any
 from losscli.errors import UnknownNameError
 from losscli.jobs.base import Budget, Job, JobData, TaskFile, load_task_file
 from losscli.jobs.classification import FashionJob, MnistJob
+from losscli.jobs.detection import DetectionJob
 
 __all__ = ["Budget", "Job", "JobData", "TaskFile", "create_job", "job_names", "list_jobs",
            "load_task_file", "resolve_job_name"]
 
-_JOBS: dict[str, type[Job]] = {cls.name: cls for cls in (MnistJob, FashionJob)}
+_JOBS: dict[str, type[Job]] = {cls.name: cls for cls in (MnistJob, FashionJob,
+                                                          DetectionJob)}
 
 
 def list_jobs() -> list[type[Job]]:

@@ -1,0 +1,269 @@
+"""Pascal VOC detection data, real or generated, always read through torchvision's reader.
+
+1. ``data_dir``: a real VOCdevkit (``DIR/VOCdevkit/VOC2007`` or ``VOC2012``) read by
+   ``torchvision.datasets.VOCDetection`` (``train`` split for training, ``val`` for
+   testing), restricted to a class subset; with ``download=True`` torchvision fetches it.
+2. Offline default: a generated set written in the exact VOC layout (``Annotations/*.xml``,
+   ``JPEGImages/*.jpg``, ``ImageSets/Main/{train,val}.txt``) into the cache and read back
+   by the same reader. Each image is a textured background with one to ``max_objects``
+   real MNIST digits (the embedded 5k subset; train images take digits from its train
+   part, val images from its test part) pasted in random colours at random sizes; the
+   class of a box is the digit's name (``zero`` .. ``nine``).
+
+Boxes come back as float ``(x1, y1, x2, y2)`` in pixels of the resized ``image_size``
+square image; VOC's 1-based inclusive pixel boxes map to ``(xmin - 1, ymin - 1, xmax,
+ymax)``. Objects marked ``difficult`` are dropped, as are objects of other classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from losscli.data.mnist import cache_dir, load_mnist
+from losscli.errors import UsageError
+
+__all__ = ["DIGIT_CLASSES", "VOC_CLASSES", "DetectionSplit", "SynthConfig", "read_voc",
+           "synthetic_voc_root", "write_synthetic_voc"]
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_SYNTH_VERSION = 2  # bump when the generator's output changes
+
+
+@dataclass
+class DetectionSplit:
+    """Images ``[N, 3, S, S]`` uint8 and, per image, boxes ``[G, 4]`` and labels ``[G]``.
+
+    Labels are ``1..K`` (index into the class list plus one; 0 is background).
+    """
+
+    images: Tensor
+    boxes: list[Tensor]
+    labels: list[Tensor]
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _objects(target: dict, classes: Sequence[str]) -> tuple[list[list[float]], list[int], int,
+                                                            int]:
+    """Boxes (VOC pixels → continuous xyxy) and labels of the wanted, non-difficult objects."""
+    ann = target["annotation"]
+    width, height = int(ann["size"]["width"]), int(ann["size"]["height"])
+    boxes, labels = [], []
+    for obj in ann.get("object", []):
+        if obj["name"] not in classes or str(obj.get("difficult", "0")) == "1":
+            continue
+        bb = obj["bndbox"]
+        xmin, ymin, xmax, ymax = (float(bb[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append([xmin - 1, ymin - 1, xmax, ymax])
+        labels.append(classes.index(obj["name"]) + 1)
+    return boxes, labels, width, height
+
+
+def read_voc(
+    root: Path,
+    year: str,
+    image_set: str,
+    classes: Sequence[str],
+    image_size: int,
+    max_images: int | None = None,
+    download: bool = False,
+) -> DetectionSplit:
+    """Read one split through ``torchvision.datasets.VOCDetection``.
+
+    Keeps the images holding at least one (non-difficult) object of ``classes``, the first
+    ``max_images`` of them in the split's order, resized to ``image_size`` square (boxes
+    scaled with them).
+    """
+    from torchvision.datasets import VOCDetection
+    from torchvision.transforms.functional import pil_to_tensor
+
+    try:
+        ds = VOCDetection(str(root), year=year, image_set=image_set, download=download)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise UsageError(
+            f"no VOC{year} {image_set!r} split under {root}/VOCdevkit/VOC{year} ({exc}); "
+            "point --data-dir at the folder holding VOCdevkit, or add --download when online"
+        ) from None
+    images, all_boxes, all_labels, ids = [], [], [], []
+    for i in range(len(ds)):
+        # VOCDetection.__getitem__ in two steps: the XML first, so that images without a
+        # wanted object decode no JPEG
+        target = ds.parse_voc_xml(ET.parse(ds.annotations[i]).getroot())
+        boxes, labels, width, height = _objects(target, classes)
+        if not boxes:
+            continue
+        with Image.open(ds.images[i]) as img:
+            image = img.convert("RGB")
+        scale = torch.tensor([image_size / width, image_size / height] * 2)
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.BILINEAR)
+        images.append(pil_to_tensor(image))
+        all_boxes.append(torch.tensor(boxes, dtype=torch.float32) * scale)
+        all_labels.append(torch.tensor(labels, dtype=torch.int64))
+        ids.append(Path(ds.images[i]).stem)
+        if max_images is not None and len(ids) >= max_images:
+            break
+    if not ids:
+        raise UsageError(f"no image of VOC{year} {image_set!r} under {root} holds any of the "
+                         f"classes {', '.join(classes)}")
+    return DetectionSplit(torch.stack(images), all_boxes, all_labels, ids)
+
+
+# --------------------------------------------------------------------------- generating
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What the generated set depends on (its cache folder is a hash of these)."""
+
+    classes: tuple[str, ...] = ("zero", "two", "four", "seven")
+    num_train: int = 1500
+    num_val: int = 300
+    image_size: int = 64
+    max_objects: int = 4
+    min_size: float = 0.2  # object height as a fraction of the image side
+    max_size: float = 0.6
+    seed: int = 0
+
+    def key(self) -> str:
+        ident = json.dumps({**self.__dict__, "version": _SYNTH_VERSION}, sort_keys=True)
+        return hashlib.sha1(ident.encode()).hexdigest()[:12]
+
+
+def synthetic_voc_root(cfg: SynthConfig) -> Path:
+    """The cache folder holding ``VOCdevkit/VOC2007`` for ``cfg``, generated on first use."""
+    base = cache_dir() / "voc-synth"
+    root = base / cfg.key()
+    if not (root / "VOCdevkit").is_dir():
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
+        try:
+            write_synthetic_voc(tmp, cfg)
+            os.replace(tmp, root)  # atomic: a concurrent or killed run never sees half a set
+        except OSError:
+            if not (root / "VOCdevkit").is_dir():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # only left when another run won
+    return root
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A dark, smoothly varying colour field with fine noise, ``[S, S, 3]`` float."""
+    coarse = rng.uniform(0, 110, size=(4, 4, 3)).astype(np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), np.float32)
+    return field + rng.normal(0, 12, size=(size, size, 3))
+
+
+def _digit_crop(digit: np.ndarray) -> np.ndarray:
+    """The digit's tight bounding box (pixels > 32)."""
+    ys, xs = np.nonzero(digit > 32)
+    return digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def _overlaps(box: tuple[int, int, int, int], boxes: list, limit: float = 0.15) -> bool:
+    x1, y1, x2, y2 = box
+    for a1, b1, a2, b2 in boxes:
+        iw, ih = min(x2, a2) - max(x1, a1), min(y2, b2) - max(y1, b1)
+        inter = max(iw, 0) * max(ih, 0)
+        union = (x2 - x1) * (y2 - y1) + (a2 - a1) * (b2 - b1) - inter
+        if inter / union > limit:
+            return True
+    return False
+
+
+def _compose(rng, cfg: SynthConfig, pools: list[np.ndarray]) -> tuple[np.ndarray, list]:
+    """One image and its objects ``(class name, (x1, y1, x2, y2))`` in continuous pixels."""
+    s = cfg.image_size
+    canvas = _background(rng, s)
+    objects: list[tuple[str, tuple[int, int, int, int]]] = []
+    for _ in range(int(rng.integers(1, cfg.max_objects + 1))):
+        k = int(rng.integers(len(cfg.classes)))
+        crop = _digit_crop(pools[k][rng.integers(len(pools[k]))])
+        h = max(4, round(rng.uniform(cfg.min_size, cfg.max_size) * s))
+        w = max(3, min(s, round(h * crop.shape[1] / crop.shape[0])))
+        for _try in range(20):  # rejection sampling: objects overlap at most IoU 0.15
+            x, y = int(rng.integers(0, s - w + 1)), int(rng.integers(0, s - h + 1))
+            box = (x, y, x + w, y + h)
+            if not _overlaps(box, [b for _, b in objects]):
+                break
+        else:
+            continue
+        alpha = np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR), np.float32)
+        alpha = alpha[..., None] / 255.0
+        colour = rng.uniform(140, 255, size=3)
+        patch = canvas[y:y + h, x:x + w]
+        canvas[y:y + h, x:x + w] = patch * (1 - alpha) + colour * alpha
+        objects.append((cfg.classes[k], box))
+    return np.clip(canvas, 0, 255).astype(np.uint8), objects
+
+
+def _annotation_xml(name: str, size: int, objects: list) -> ET.ElementTree:
+    ann = ET.Element("annotation")
+    ET.SubElement(ann, "folder").text = "VOC2007"
+    ET.SubElement(ann, "filename").text = f"{name}.jpg"
+    ET.SubElement(ET.SubElement(ann, "source"), "database").text = "losscli synthetic digits"
+    sz = ET.SubElement(ann, "size")
+    for tag, value in (("width", size), ("height", size), ("depth", 3)):
+        ET.SubElement(sz, tag).text = str(value)
+    ET.SubElement(ann, "segmented").text = "0"
+    for cls, (x1, y1, x2, y2) in objects:
+        obj = ET.SubElement(ann, "object")
+        ET.SubElement(obj, "name").text = cls
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        bb = ET.SubElement(obj, "bndbox")
+        # VOC pixel boxes are 1-based and inclusive
+        for tag, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+            ET.SubElement(bb, tag).text = str(value)
+    return ET.ElementTree(ann)
+
+
+def write_synthetic_voc(root: Path, cfg: SynthConfig) -> None:
+    """Write ``cfg``'s images into ``root/VOCdevkit/VOC2007`` in the VOC layout."""
+    unknown = [c for c in cfg.classes if c not in DIGIT_CLASSES]
+    if unknown or not cfg.classes:
+        raise UsageError(f"the generated detection set has the classes {', '.join(DIGIT_CLASSES)}"
+                         f"; got {', '.join(unknown) or 'none'}")
+    voc = root / "VOCdevkit" / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    mnist = load_mnist()
+    rng = np.random.default_rng(cfg.seed)
+    splits = (("train", cfg.num_train, mnist.train_images, mnist.train_labels),
+              ("val", cfg.num_val, mnist.test_images, mnist.test_labels))
+    for split, count, digits, digit_labels in splits:
+        pools = [digits[digit_labels == DIGIT_CLASSES.index(c)].numpy() for c in cfg.classes]
+        names = []
+        for i in range(count):
+            name = f"{split}_{i:06d}"
+            image, objects = _compose(rng, cfg, pools)
+            Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=92)
+            _annotation_xml(name, cfg.image_size, objects).write(voc / "Annotations" /
+                                                                 f"{name}.xml")
+            names.append(name)
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
