@@ -24,7 +24,8 @@ __all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "WriteError", "read_
 RUN_COLUMNS = (
     "run_key", "job", "job_options", "loss", "loss_key", "seed", "device", "status", "error",
     "primary_metric", "primary_best", "primary_final", "target", "steps_to_target",
-    "curve_auc", "final_train_loss", "steps", "epochs", "batch_size", "lr", "optimizer",
+    "curve_auc", "final_train_loss", "steps", "eval_every", "epochs", "batch_size", "lr",
+    "optimizer",
     "train_seconds", "samples_per_s", "loss_ms_per_step", "peak_mem_mb",
     "final_metrics", "best_metrics", "data_source", "versions", "finished_at",
 )
@@ -76,6 +77,9 @@ class ResultStore:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             size = _drop_partial_line(fd)
+            if size and _first_line(fd) != _csv_line(list(header)):
+                raise WriteError(path, "its columns differ from this losscli version's; "
+                                 "write to a new run directory")
             data = (_csv_line(list(header)) if size == 0 else "") + lines
             os.lseek(fd, 0, os.SEEK_END)
             os.write(fd, data.encode())  # one write of whole lines
@@ -92,6 +96,8 @@ class ResultStore:
                              "".join(_csv_line([key, *h]) for h in history))
             self._append(self.runs_path, RUN_COLUMNS,
                          _csv_line([_cell(row.get(c)) for c in RUN_COLUMNS]))
+        except WriteError:
+            raise
         except OSError as exc:
             raise WriteError(self.root, exc.strerror or str(exc)) from None
 
@@ -115,6 +121,12 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return ""
     return value
+
+
+def _first_line(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    head = os.read(fd, 4096)
+    return head[: head.find(b"\n") + 1].decode()
 
 
 def _drop_partial_line(fd: int) -> int:

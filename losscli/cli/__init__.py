@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from losscli.cli import listing, sweep, train
+from losscli.cli import check, listing, sweep, train
 
 app = typer.Typer(
     name="losscli",
@@ -16,6 +16,8 @@ app = typer.Typer(
 )
 app.command("train")(train.train)
 app.command("sweep")(sweep.sweep)
+app.command("check")(check.check)
+app.command("baseline")(check.baseline)
 app.add_typer(listing.app, name="list")
 
 

@@ -42,13 +42,32 @@ def sweep(
     """
     import torch
 
-    from losscli.results import ResultStore, read_runs, summarize
+    from losscli.results import summarize
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = run_suite(suite_file, out_dir, workers=workers, device=device, bf16=bf16,
+                       plugins=plugin or [], quiet=quiet, dry_run=dry_run)
+    if result is None:  # a dry run, or a rank other than 0
+        return
+    plan, runs, root = result
+    jobs = list({r.job.name: r.job for r in plan.runs}.values())
+
+    render_summary(summarize(runs, {j.name: j.maximize for j in jobs}), jobs, plan, fmt, root)
+    if report_errors(runs):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def run_suite(suite_file: Path, out_dir: Path | None, *, workers: int = 1,
+              device: Device = Device.auto, bf16: bool = False, plugins: list[str] = (),
+              quiet: bool = False, dry_run: bool = False):
+    """Plan, resume and execute a suite; on rank 0 return (plan, its runs, run dir)."""
+    from losscli.results import ResultStore, read_runs
     from losscli.suite import load_suite
     from losscli.sweep import execute, make_plan, shard
 
-    plugins = _load_plugins(plugin)
-    if threads:
-        torch.set_num_threads(threads)
+    _load_plugins(plugins)
     suite = load_suite(suite_file)
     rank, world, dev = _distributed(_device(device))
     plan = make_plan(suite.requests, dev, bf16)
@@ -56,7 +75,7 @@ def sweep(
     if dry_run:
         if rank == 0:
             out.print(_plan_table(plan, root))
-        return
+        return None
     store = ResultStore(root, shard=f"rank{rank}" if world > 1 else None)
     mine = shard(plan.runs, rank, world)
     done = store.finished_keys()
@@ -72,14 +91,9 @@ def sweep(
                 on_step=progress.step, on_done=progress.done)
     _barrier(world)
     if rank != 0:
-        return
+        return None
     runs = read_runs(store.root)
-    runs = runs[runs["run_key"].isin(plan.keys())]
-    jobs = list({r.job.name: r.job for r in plan.runs}.values())
-    render_summary(summarize(runs, {j.name: j.maximize for j in jobs}), jobs, plan, fmt,
-                   store.root)
-    if report_errors(runs):
-        raise typer.Exit(EXIT_FAILED)
+    return plan, runs[runs["run_key"].isin(plan.keys())], store.root
 
 
 def _load_plugins(plugins: list[str] | None) -> list[str]:

@@ -8,12 +8,14 @@ from losscli.errors import UnknownNameError
 from losscli.jobs.base import Budget, Job, JobData, TaskFile, load_task_file
 from losscli.jobs.classification import FashionJob, MnistJob
 from losscli.jobs.detection import DetectionJob
+from losscli.jobs.imbalanced import ImbalancedJob
+from losscli.jobs.regression import RegressionJob
 
 __all__ = ["Budget", "Job", "JobData", "TaskFile", "create_job", "job_names", "list_jobs",
            "load_task_file", "resolve_job_name"]
 
-_JOBS: dict[str, type[Job]] = {cls.name: cls for cls in (MnistJob, FashionJob,
-                                                          DetectionJob)}
+_JOBS: dict[str, type[Job]] = {cls.name: cls for cls in (MnistJob, FashionJob, RegressionJob,
+                                                          DetectionJob, ImbalancedJob)}
 
 
 def list_jobs() -> list[type[Job]]:

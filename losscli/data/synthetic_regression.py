@@ -1,0 +1,195 @@
+"""Regression data for loss comparisons: generated from a seed, or read from a user's CSV.
+
+Generated data (``make_regression``): features ``x ~ N(0, I_d)`` and a clean target
+
+    f(x) = standardise((1 - a) * L(x) + a * N(x))
+
+where ``L`` is a random linear map and ``N`` a sum of random sine ridges and pairwise
+products (both standardised), ``a`` the ``nonlinearity`` in [0, 1]. Training targets are
+``f(x) + noise_scale * eps`` with ``eps`` unit-variance noise (gaussian, student_t with 3
+degrees of freedom, or laplace); then a fraction ``outliers`` of them is shifted *up* by
+5 to 10 target standard deviations (gross, one-sided outliers, as in findings.md item 1).
+Test targets are always clean: ``f(x)`` exactly, no noise and no outliers, so the test
+error measures how well a model recovered the function and nothing else.
+
+CSV data (``load_csv_regression``): the numeric columns other than the target are the
+features; a fixed 80/20 split by a seeded permutation; features and target standardised
+with the training split's mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from losscli.errors import UsageError
+
+__all__ = ["NOISES", "RegressionData", "load_csv_regression", "make_regression"]
+
+NOISES = ("gaussian", "student_t", "laplace")
+_STUDENT_DF = 3
+_OUTLIER_SHIFT = (5.0, 10.0)  # in target standard deviations
+
+
+@dataclass
+class RegressionData:
+    """Float32 features ``[N, D]`` and targets ``[N]``; ``outlier`` marks shifted train rows."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    outlier: Tensor  # bool [n_train]
+    source: str
+
+
+def _unit_noise(kind: str, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` samples of zero-mean, unit-variance noise of the named kind."""
+    if kind == "gaussian":
+        return torch.randn(n, generator=gen)
+    if kind == "student_t":  # z / sqrt(chi2_df / df), scaled to unit variance
+        z = torch.randn(n, generator=gen)
+        chi2 = torch.randn(n, _STUDENT_DF, generator=gen).pow(2).sum(1)
+        return z / torch.sqrt(chi2 / _STUDENT_DF) / math.sqrt(_STUDENT_DF / (_STUDENT_DF - 2))
+    if kind == "laplace":  # the difference of two Exp(1) is Laplace(0, 1), variance 2
+        e = torch.empty(2, n).exponential_(generator=gen)
+        return (e[0] - e[1]) / math.sqrt(2.0)
+    raise UsageError(f"--noise must be one of {', '.join(NOISES)}, got {kind!r}")
+
+
+def _standardise(v: Tensor) -> Tensor:
+    return (v - v.mean()) / v.std().clamp_min(1e-12)
+
+
+def _clean_target(x: Tensor, nonlinearity: float, gen: torch.Generator) -> Tensor:
+    d = x.shape[1]
+    w = torch.randn(d, generator=gen) / math.sqrt(d)
+    ridges = torch.randn(d, d, generator=gen) * (2.0 / math.sqrt(d))  # d sine ridges
+    linear = _standardise(x @ w)
+    pairs = x * x.roll(-1, dims=1) if d > 1 else x * x - 1  # x_i x_{i+1}, cyclic
+    nonlinear = _standardise(torch.sin(x @ ridges).sum(1) + pairs.sum(1))
+    return _standardise((1 - nonlinearity) * linear + nonlinearity * nonlinear)
+
+
+def make_regression(
+    *,
+    n_train: int = 2000,
+    n_test: int = 1000,
+    features: int = 8,
+    nonlinearity: float = 0.5,
+    noise: str = "gaussian",
+    noise_scale: float = 0.3,
+    outliers: float = 0.2,
+    seed: int = 0,
+) -> RegressionData:
+    """Generate a regression problem; the same arguments always give the same tensors.
+
+    Raises:
+        UsageError: an argument outside its range (they come from the command line).
+    """
+    _check_knobs(n_train, n_test, features, nonlinearity, noise, noise_scale, outliers)
+    gen = torch.Generator().manual_seed(seed)
+    n = n_train + n_test
+    x = torch.randn(n, features, generator=gen)
+    f = _clean_target(x, nonlinearity, gen)  # standardised over train and test together
+    eps = _unit_noise(noise, n_train, gen)
+    train_y = f[:n_train] + noise_scale * eps
+    train_y, outlier = _shift_outliers(train_y, outliers, gen)
+    source = (f"generated: {n_train} train / {n_test} test, {features} features, "
+              f"nonlinearity {nonlinearity:g}, {noise} noise x{noise_scale:g}, "
+              f"{_describe_outliers(outlier)}, seed {seed}")
+    return RegressionData(x[:n_train], train_y, x[n_train:], f[n_train:], outlier, source)
+
+
+def _shift_outliers(y: Tensor, fraction: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Shift ``round(fraction * len(y))`` random entries of ``y`` up by 5..10 (one-sided)."""
+    n = y.shape[0]
+    outlier = torch.zeros(n, dtype=torch.bool)
+    outlier[torch.randperm(n, generator=gen)[:round(fraction * n)]] = True
+    lo, hi = _OUTLIER_SHIFT
+    shift = lo + (hi - lo) * torch.rand(n, generator=gen)
+    return torch.where(outlier, y + shift, y), outlier
+
+
+def _describe_outliers(outlier: Tensor) -> str:
+    lo, hi = _OUTLIER_SHIFT
+    k = int(outlier.sum())
+    return f"{k} train outliers ({k / len(outlier):.0%}, +{lo:g}..{hi:g} sd)"
+
+
+def _check_knobs(n_train, n_test, features, nonlinearity, noise, noise_scale, outliers) -> None:
+    for name, value, least in (("n_train", n_train, 2), ("n_test", n_test, 2),
+                               ("features", features, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
+    for name, value, lo, hi in (("nonlinearity", nonlinearity, 0.0, 1.0),
+                                ("outliers", outliers, 0.0, 0.9),
+                                ("noise_scale", noise_scale, 0.0, math.inf)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not lo <= value <= hi:
+            raise UsageError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    if noise not in NOISES:
+        raise UsageError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
+
+
+def load_csv_regression(
+    path: str | Path, target_column: str, *, outliers: float = 0.0, seed: int = 0,
+    test_fraction: float = 0.2,
+) -> RegressionData:
+    """A user's table: numeric columns but the target are features; a seeded 80/20 split.
+
+    Rows with a missing value in a used column are dropped; non-numeric feature columns are
+    skipped (the source line names them). Features and target are standardised with the
+    training split's statistics. ``outliers`` > 0 shifts that fraction of the (standardised)
+    training targets up by 5..10, as for generated data; test targets stay as given.
+
+    Raises:
+        UsageError: missing file or column, a non-numeric target, no numeric feature, or
+            too few rows.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--csv {path}: no such file")
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError) as exc:  # pandas' ParserError/EmptyDataError are ValueErrors
+        raise UsageError(f"--csv {path}: cannot read it as CSV ({exc})") from None
+    if target_column not in table.columns:
+        raise UsageError(f"--target {target_column!r} is not a column of {path}; columns: "
+                         + ", ".join(map(str, table.columns)))
+    numeric = table.select_dtypes("number").columns
+    if target_column not in numeric:
+        raise UsageError(f"--target {target_column!r} in {path} is not numeric "
+                         f"(dtype {table[target_column].dtype})")
+    feats = [c for c in numeric if c != target_column]
+    skipped = [str(c) for c in table.columns if c not in numeric]
+    if not feats:
+        raise UsageError(f"--csv {path}: no numeric feature column besides {target_column!r}")
+    used = table[feats + [target_column]].dropna()
+    n = len(used)
+    if n < 10:
+        raise UsageError(f"--csv {path}: {n} complete rows; at least 10 are needed")
+    values = torch.tensor(used.to_numpy(dtype="float64"), dtype=torch.float32)
+    if isinstance(outliers, bool) or not isinstance(outliers, (int, float)) \
+            or not 0 <= outliers <= 0.9:
+        raise UsageError(f"outliers must be a number in [0, 0.9], got {outliers!r}")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    n_test = max(2, round(test_fraction * n))
+    train, test = values[perm[n_test:]], values[perm[:n_test]]
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
+    train, test = (train - mean) / std, (test - mean) / std
+    train_y, outlier = _shift_outliers(train[:, -1], outliers, gen)
+    source = (f"{path.name}: {n - n_test} train / {n_test} test rows, target {target_column!r}, "
+              f"{len(feats)} numeric features" + (f" (skipped: {', '.join(skipped)})"
+                                                  if skipped else "")
+              + (f", {len(table) - n} rows with missing values dropped" if n < len(table) else "")
+              + (f", {_describe_outliers(outlier)}" if outliers else ""))
+    return RegressionData(train[:, :-1].contiguous(), train_y.contiguous(),
+                          test[:, :-1].contiguous(), test[:, -1].contiguous(), outlier, source)

@@ -1,0 +1,170 @@
+"""The ``imbalanced`` job: one MNIST digit against the rest, positives subsampled to a prior.
+
+Data. Positives (the chosen ``digit``) are subsampled in train *and* test to
+``pos_ratio`` positives per negative, so the test set has the training prior and average
+precision means what it would in deployment. The embedded MNIST 5k subset's own split has
+only 900 test negatives (18 positives at 1:50, too few for a stable AUPRC), so for it the
+5,000 images are re-split 50/50 per class by a fixed permutation: 2,250 negatives and 45
+positives on each side at 1:50. A torchvision MNIST from ``--data-dir`` keeps its 60k/10k
+split (about 180 test positives at 1:50).
+
+Recipe. SmallCNN with one output logit. Its final bias is initialised to the log-odds of
+the training prior, for every loss (RetinaNet's recipe, findings.md item 4): the model
+starts as the best constant predictor, so no loss spends its first steps learning the prior
+and an unweighted loss over ~98% negatives does not start with a large, uninformative
+gradient. With a zero bias, focal-type losses (which down-weight the easy negatives once the
+prior is learned) and plain BCE would start from a point that favours neither and reach it at
+different speeds, which confounds steps-to-target. The same init for all losses keeps the
+comparison fair; AUPRC itself is rank-based and does not depend on the bias.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from losscli.data.mnist import RawSplit, load_mnist
+from losscli.errors import UsageError
+from losscli.jobs.base import Job, JobData
+from losscli.jobs.classification import SmallCNN
+from losscli.losses import Family, Pred, Target
+
+__all__ = ["ImbalancedJob", "subsample_positives"]
+
+_EVAL_BATCH = 2048
+_MEAN_STD = (0.1307, 0.3081)
+_DEFAULTS = {"digit": 8, "pos_ratio": 0.02, "data_seed": 0}
+
+
+def subsample_positives(labels: Tensor, digit: int, pos_ratio: float,
+                        gen: torch.Generator) -> Tensor:
+    """Indices keeping every negative and ``round(pos_ratio * negatives)`` random positives
+    (all positives when there are fewer), in their original order."""
+    pos = (labels == digit).nonzero().squeeze(1)
+    neg = (labels != digit).nonzero().squeeze(1)
+    k = min(len(pos), max(1, round(pos_ratio * len(neg))))
+    keep = pos[torch.randperm(len(pos), generator=gen)[:k]]
+    return torch.cat([neg, keep]).sort().values
+
+
+def _resplit_half(raw: RawSplit, gen: torch.Generator) -> RawSplit:
+    """Pool train and test and split each class 50/50 by a seeded permutation."""
+    images = torch.cat([raw.train_images, raw.test_images])
+    labels = torch.cat([raw.train_labels, raw.test_labels])
+    train, test = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        train.append(idx[: len(idx) // 2])
+        test.append(idx[len(idx) // 2:])
+    tr, te = torch.cat(train).sort().values, torch.cat(test).sort().values
+    return RawSplit(images[tr], labels[tr], images[te], labels[te],
+                    "embedded MNIST 5k subset, re-split 50/50 per class")
+
+
+class ImbalancedJob(Job):
+    name = "imbalanced"
+    aliases = ("imbalance", "mnist_imbalanced")
+    description = ("One MNIST digit (8) against the rest at 1:50 positives per negative, "
+                   "train and test; AUPRC")
+    model_name = "SmallCNN (2 conv + 2 fc, 1 logit, prior-initialised bias)"
+    metrics = ("auprc", "f1_best", "balanced_accuracy", "auroc")
+    primary_metric = "auprc"
+    maximize = True
+    families = frozenset({Family.BINARY})
+    preds = frozenset({Pred.LOGITS, Pred.PROBS})
+    targets = frozenset({Target.BINARY})
+    option_help = {
+        "pos_ratio": "positives per negative, train and test (default 0.02 = 1:50)",
+        "digit": "the positive digit 0-9 (default 8)",
+        "data_seed": "seed of the subsampling and of the embedded re-split (default 0)",
+        "data_dir": "torchvision-layout data directory (full MNIST, its own 60k/10k split)",
+        "download": "let torchvision download into data_dir (online only)",
+    }
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.digit = self.options.get("digit", _DEFAULTS["digit"])
+        self.pos_ratio = self.options.get("pos_ratio", _DEFAULTS["pos_ratio"])
+        if isinstance(self.digit, bool) or not isinstance(self.digit, int) \
+                or not 0 <= self.digit <= 9:
+            raise UsageError(f"digit must be an integer 0-9, got {self.digit!r}")
+        if isinstance(self.pos_ratio, bool) or not isinstance(self.pos_ratio, (int, float)) \
+                or not 0 < self.pos_ratio <= 1:
+            raise UsageError(f"--pos-ratio must be in (0, 1] (positives per negative), got "
+                             f"{self.pos_ratio!r}")
+
+    @property
+    def prior(self) -> float:
+        """The fraction of positives, train and test."""
+        return self.pos_ratio / (1 + self.pos_ratio)
+
+    def load_data(self) -> JobData:
+        data_dir = self.options.get("data_dir")
+        gen = torch.Generator().manual_seed(self.options.get("data_seed", _DEFAULTS["data_seed"]))
+        if data_dir or self.options.get("download"):
+            raw = load_mnist(Path(data_dir) if data_dir else None, self.options.get("download",
+                                                                                    False))
+        else:
+            raw = _resplit_half(load_mnist(), gen)
+        mean, std = _MEAN_STD
+        parts = []
+        for images, labels in ((raw.train_images, raw.train_labels),
+                               (raw.test_images, raw.test_labels)):
+            keep = subsample_positives(labels, self.digit, self.pos_ratio, gen)
+            x = ((images[keep].float() / 255.0 - mean) / std).unsqueeze(1).contiguous()
+            parts += [x, (labels[keep] == self.digit).float()]
+        n_pos = [int(parts[1].sum()), int(parts[3].sum())]
+        source = (f"{raw.source}; digit {self.digit} vs rest, 1:{1 / self.pos_ratio:g}: "
+                  f"train {len(parts[1])} ({n_pos[0]} positive), test {len(parts[3])} "
+                  f"({n_pos[1]} positive)")
+        return JobData(*parts, source=source)
+
+    def build_model(self) -> nn.Module:
+        model = SmallCNN(num_classes=1)
+        with torch.no_grad():
+            model.head[-1].bias.fill_(math.log(self.prior / (1 - self.prior)))
+        return model
+
+    def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor:
+        logits = output[:, 0]
+        return torch.sigmoid(logits) if kind is Pred.PROBS else logits
+
+    def adapt_target(self, target: Tensor, kind: Target, output: Tensor) -> Tensor:
+        return target
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+        logits = torch.cat([model(x).float()[:, 0] for x in data.test_x.split(_EVAL_BATCH)])
+        return binary_metrics(torch.sigmoid(logits), data.test_y)
+
+    def probe(self) -> tuple[Tensor, Tensor]:
+        return torch.randn(4, 1), torch.tensor([0.0, 1.0, 0.0, 0.0])
+
+
+def binary_metrics(probs: Tensor, target: Tensor) -> dict[str, float]:
+    """AUPRC, F1 at the best threshold, balanced accuracy at 0.5 and AUROC (one host sync).
+
+    Args:
+        probs: ``[N]`` positive-class probabilities.
+        target: ``[N]`` 0/1 labels (any dtype).
+    """
+    from torchmetrics.functional.classification import (
+        binary_auroc,
+        binary_average_precision,
+        binary_precision_recall_curve,
+        binary_recall,
+        binary_specificity,
+    )
+
+    y = target.long()
+    precision, recall, _ = binary_precision_recall_curve(probs, y)
+    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)
+    balanced = (binary_recall(probs, y, threshold=0.5)
+                + binary_specificity(probs, y, threshold=0.5)) / 2
+    values = torch.stack([binary_average_precision(probs, y), f1.max(), balanced,
+                          binary_auroc(probs, y)])
+    return dict(zip(ImbalancedJob.metrics, values.tolist(), strict=True))  # the one host sync
