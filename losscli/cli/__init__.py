@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from losscli.cli import check, listing, sweep, train
+from losscli.cli import check, listing, report, sweep, train
 
 app = typer.Typer(
     name="losscli",
@@ -18,6 +18,7 @@ app.command("train")(train.train)
 app.command("sweep")(sweep.sweep)
 app.command("check")(check.check)
 app.command("baseline")(check.baseline)
+app.command("report")(report.report)
 app.add_typer(listing.app, name="list")
 
 
