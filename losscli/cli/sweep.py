@@ -43,12 +43,15 @@ def sweep(
     import torch
 
     from losscli.results import summarize
-    if threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
-    result = run_suite(suite_file, out_dir, workers=workers, device=device, bf16=bf16,
-                       plugins=plugin or [], quiet=quiet, dry_run=dry_run)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        result = run_suite(suite_file, out_dir, workers=workers, device=device, bf16=bf16,
+                           plugins=plugin or [], quiet=quiet, dry_run=dry_run)
+    finally:
+        torch.set_num_threads(previous)  # in-process callers (tests) keep their setting
     if result is None:  # a dry run, or a rank other than 0
         return
     plan, runs, root = result
