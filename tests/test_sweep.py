@@ -88,7 +88,7 @@ def test_sweep_then_resume_skips_finished(tmp_path):
 
 def test_partial_trailing_lines_are_repaired(tmp_path):
     store = ResultStore(tmp_path)
-    row = {c: "" for c in RUN_COLUMNS} | {"run_key": "a", "status": "ok",
+    row = dict.fromkeys(RUN_COLUMNS, "") | {"run_key": "a", "status": "ok",
                                           "finished_at": "1"}
     store.append(row, [(1, "test", "accuracy", 0.5)])
     with open(store.runs_path, "a") as f:  # a writer killed mid-line
