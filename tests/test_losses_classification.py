@@ -29,18 +29,21 @@ def logits_and_target(shape=(8, C), ignored: int = 0, seed: int = 0, scale: floa
 
 
 SHAPES = [(8, C), (3, C, 4, 4)]
+ALL_SHAPES = [*SHAPES, (4, C, 6), (2, C, 2, 3, 2), (0, C), (0, C, 3)]  # every NLL kernel path
 REDUCTIONS = ["none", "mean", "sum"]
 
 
 # ----------------------------------------------------------------------- ce / nll
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", ALL_SHAPES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("class_weight", [None, CLASS_WEIGHT])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
 @pytest.mark.parametrize("ignored", [0, 3])
 def test_ce_matches_torch(shape, reduction, class_weight, label_smoothing, ignored):
+    if shape[0] == 0 and reduction == "mean":
+        pytest.skip("torch's mean of an empty batch is NaN (ours is 0: the contract tests)")
     x, t = logits_and_target(shape, ignored)
     cw = None if class_weight is None else torch.tensor(class_weight)
 
@@ -55,10 +58,11 @@ def test_ce_matches_torch(shape, reduction, class_weight, label_smoothing, ignor
     assert_value_and_grad_close(ours, ref, x)
 
 
+@pytest.mark.parametrize("shape", ALL_SHAPES[:4])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("class_weight", [None, CLASS_WEIGHT])
-def test_nll_matches_torch(reduction, class_weight):
-    x, t = logits_and_target((3, C, 4, 4), ignored=4)
+def test_nll_matches_torch(shape, reduction, class_weight):
+    x, t = logits_and_target(shape, ignored=4)
     cw = None if class_weight is None else torch.tensor(class_weight)
     assert_value_and_grad_close(
         lambda x: fn("nll")(F.log_softmax(x, 1), t, class_weight=class_weight,

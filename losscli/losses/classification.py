@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -34,15 +35,12 @@ def _weighted_nll(
     reduction: str,
     weight: Tensor | None,
     avg_factor: float | Tensor | None,
-    **kwargs,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
-    """torch's (class-weighted) mean, made finite when every target is ignored.
-
-    torch divides by the summed class weight of the non-ignored targets, which is 0/0 when
-    all are ignored; we divide the sum by that total clamped away from zero instead (no
-    host sync).
-    """
+    """``fn`` (``F.cross_entropy`` or ``F.nll_loss``) with torch's semantics, except that
+    the plain ``mean`` is finite (0) when every target is ignored (see ``_nll_mean``)."""
     check_reduction(reduction)
+    kwargs = {"label_smoothing": label_smoothing} if label_smoothing else {}
     if weight is not None or avg_factor is not None:
         loss = fn(pred, target, weight=class_weight, ignore_index=ignore_index,
                   reduction="none", **kwargs)
@@ -50,14 +48,45 @@ def _weighted_nll(
     if reduction != "mean":
         return fn(pred, target, weight=class_weight, ignore_index=ignore_index,
                   reduction=reduction, **kwargs)
-    total = fn(pred, target, weight=class_weight, ignore_index=ignore_index,
-               reduction="sum", **kwargs)
-    valid = target != ignore_index
-    if class_weight is None:
-        denom = valid.sum()
-    else:
-        denom = (class_weight[target.clamp(0, pred.shape[1] - 1)] * valid).sum()
+    logp = F.log_softmax(pred, dim=1) if fn is F.cross_entropy else pred
+    return _nll_mean(logp, target, class_weight, ignore_index, label_smoothing)
+
+
+def _nll_mean(
+    logp: Tensor,
+    target: Tensor,
+    class_weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+) -> Tensor:
+    """torch's mean NLL (label-smoothed as ``F.cross_entropy``): the sum divided by the
+    summed class weight of the non-ignored targets, clamped away from 0 so that an
+    all-ignored batch gives 0, not torch's 0/0 = NaN (and no host sync)."""
+    total, denom = _nll_sum_and_total_weight(logp, target, class_weight, ignore_index)
+    if label_smoothing > 0:
+        n_classes = logp.shape[1]
+        if class_weight is not None:
+            logp = logp * class_weight.view(-1, *([1] * (logp.dim() - 2)))
+        smooth = -(logp.sum(dim=1) * (target != ignore_index)).sum()
+        total = (1 - label_smoothing) * total + label_smoothing / n_classes * smooth
     return total / denom.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def _nll_sum_and_total_weight(
+    logp: Tensor, target: Tensor, class_weight: Tensor | None, ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """Summed NLL and the summed class weight of the non-ignored targets, both from one
+    ATen NLL kernel (the one ``F.nll_loss`` calls; it returns that total weight), which
+    saves a pass over the targets to count them. Shapes are mapped as ``nll_loss_nd``."""
+    sum_reduction = 2  # ATen's Reduction::Sum
+    if logp.dim() == 2:
+        return torch.ops.aten.nll_loss_forward(logp, target, class_weight, sum_reduction,
+                                               ignore_index)
+    if logp.dim() != 4:
+        n, c, size = logp.shape[0], logp.shape[1], math.prod(logp.shape[2:])
+        logp, target = logp.reshape(n, c, 1, size), target.reshape(n, 1, size)
+    return torch.ops.aten.nll_loss2d_forward(logp, target, class_weight, sum_reduction,
+                                             ignore_index)
 
 
 def _log_prob_target(pred: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, ...]:
@@ -125,7 +154,7 @@ def cross_entropy(
     if cw is not None:
         cw = cw.to(pred.dtype)
     return _weighted_nll(F.cross_entropy, pred, target, cw, ignore_index, reduction, weight,
-                         avg_factor, label_smoothing=label_smoothing)
+                         avg_factor, label_smoothing)
 
 
 @register_loss(
