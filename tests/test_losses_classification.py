@@ -42,8 +42,6 @@ REDUCTIONS = ["none", "mean", "sum"]
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
 @pytest.mark.parametrize("ignored", [0, 3])
 def test_ce_matches_torch(shape, reduction, class_weight, label_smoothing, ignored):
-    if shape[0] == 0 and reduction == "mean":
-        pytest.skip("torch's mean of an empty batch is NaN (ours is 0: the contract tests)")
     x, t = logits_and_target(shape, ignored)
     cw = None if class_weight is None else torch.tensor(class_weight)
 
@@ -52,6 +50,8 @@ def test_ce_matches_torch(shape, reduction, class_weight, label_smoothing, ignor
                         reduction=reduction)
 
     def ref(x):
+        if x.numel() == 0 and reduction == "mean":
+            return 0 * x.sum()  # torch's mean of an empty batch is NaN; ours is 0
         return F.cross_entropy(x, t, weight=cw, label_smoothing=label_smoothing,
                                reduction=reduction)
 
