@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from losscli.cli import app
 from losscli.data.voc import SynthConfig, read_voc, synthetic_voc_root, write_synthetic_voc
+from losscli.errors import UsageError
 from losscli.jobs import create_job
 from losscli.jobs.detection import VARIANCES, DetectionJob
 from losscli.losses import create_loss
@@ -111,6 +112,21 @@ def test_cache_is_keyed_by_config_and_reused(monkeypatch, tmp_path):
     assert (root / "VOCdevkit/VOC2007/ImageSets/Main/train.txt").stat().st_mtime_ns == stamp
     assert synthetic_voc_root(SynthConfig(num_train=5, num_val=2)) != root
     assert not [p for p in (tmp_path / "voc-synth").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_data_dir_reads_a_voc_folder_through_the_same_reader(tiny_root):
+    job = create_job("det", data_dir=str(tiny_root), classes="zero,two,four,seven",
+                     max_images=10)
+    data = job.load_data()
+    assert data.n_train == 10 and data.test_x.shape[0] == 6  # the val split has 6
+    assert data.source.startswith(f"VOC2007 at {tiny_root}")
+    assert data.train_y.shape == (10, 336, 5) and len(data.extra["boxes"]) == 6
+    with pytest.raises(UsageError, match="no VOC2012"):
+        create_job("det", data_dir=str(tiny_root), year="2012").load_data()
+    with pytest.raises(UsageError, match="no training object of class cat"):
+        create_job("det", data_dir=str(tiny_root), classes="zero,cat").load_data()
+    with pytest.raises(UsageError, match="year= applies only with --data-dir"):
+        create_job("det", year="2012")
 
 
 # ------------------------------------------------------------------ anchors and targets

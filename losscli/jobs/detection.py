@@ -114,15 +114,17 @@ class TinySSD(nn.Module):
         return torch.cat(outs, dim=1)
 
 
-def _parse_classes(text: str | None, vocabulary: tuple[str, ...], default: tuple[str, ...]
-                   ) -> tuple[str, ...]:
+def _parse_classes(text: str | None, vocabulary: tuple[str, ...] | None,
+                   default: tuple[str, ...]) -> tuple[str, ...]:
+    """``"a,b"`` → ``("a", "b")``; names outside ``vocabulary`` (when given) are refused."""
     if text is None:
         return default
     names = tuple(n.strip() for n in str(text).split(",") if n.strip())
-    unknown = [n for n in names if n not in vocabulary]
+    unknown = [n for n in names if vocabulary is not None and n not in vocabulary]
     if unknown or not names or len(set(names)) != len(names):
-        raise UsageError(f"--classes takes distinct comma-separated names from: "
-                         f"{', '.join(vocabulary)}; got {text!r}")
+        allowed = f"from: {', '.join(vocabulary)}" if vocabulary else ""
+        raise UsageError(f"--classes takes distinct comma-separated names {allowed}; "
+                         f"got {text!r}")
     return names
 
 
@@ -142,7 +144,9 @@ class DetectionJob(Job):
         "data_dir": "folder holding a real VOCdevkit (VOCdevkit/VOC2007 or VOC2012)",
         "download": "let torchvision download VOC into data_dir (online only)",
         "year": "VOC year with data_dir: 2007 (default) or 2012",
-        "classes": "comma-separated class subset (VOC names; digit names zero..nine offline)",
+        "classes": "comma-separated classes: with data_dir any names in its XML (default: "
+                   "the 20 VOC classes); generated set: zero..nine (default "
+                   "zero,two,four,seven)",
         "max_images": "training images at most (test: a fifth, at least 16)",
         "image_size": "square input side in px, a multiple of 32 (default 64)",
         "max_objects": "generated set: objects per image, 1 to N (default 4)",
@@ -155,7 +159,13 @@ class DetectionJob(Job):
             raise UsageError(f"--image-size must be a multiple of 32 for det, got "
                              f"{self.image_size}")
         self.real = "data_dir" in self.options or bool(self.options.get("download"))
-        vocab, default = ((VOC_CLASSES, VOC_CLASSES) if self.real
+        misplaced = ["max_objects"] if self.real else ["year"]
+        for key in misplaced:
+            if key in self.options:
+                raise UsageError(f"--opt {key}= applies only "
+                                 f"{'without' if self.real else 'with'} --data-dir")
+        # a real VOC-layout folder may hold any class names (the 20 VOC ones by default)
+        vocab, default = ((None, VOC_CLASSES) if self.real
                           else (DIGIT_CLASSES, SynthConfig.classes))
         self.classes = _parse_classes(self.options.get("classes"), vocab, default)
         self.num_classes = len(self.classes) + 1  # with background
@@ -197,6 +207,11 @@ class DetectionJob(Job):
 
     def load_data(self) -> JobData:
         train, test, where = self._splits()
+        seen = set(torch.cat(train.labels).tolist())
+        missing = [c for i, c in enumerate(self.classes, 1) if i not in seen]
+        if missing:
+            raise UsageError(f"no training object of class {', '.join(missing)} in {where}; "
+                             f"--classes names the classes to detect")
 
         def prep(images: Tensor) -> Tensor:
             return ((images.float() / 255.0 - _MEAN) / _STD).contiguous()
