@@ -65,7 +65,7 @@ def _curves(history: pd.DataFrame, runs: pd.DataFrame, split: str, metric: str):
     h = h.merge(runs[["run_key", "loss"]], on="run_key")
     for loss, g in h.groupby("loss", sort=False):
         table = g.pivot_table(index="step", columns="run_key", values="value")
-        yield loss, table.index.to_numpy(), table.mean(1), table.min(1), table.max(1)
+        yield loss, table.index.to_numpy(), table.mean(axis=1), table.min(axis=1), table.max(axis=1)
 
 
 def _plot_curves(ax, history, runs, split, metric, log=False) -> None:

@@ -49,10 +49,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
-            err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)
+            err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except WriteError as exc:
-            err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)
+            err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
