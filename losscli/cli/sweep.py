@@ -43,7 +43,6 @@ def sweep(
     import torch
 
     from losscli.results import summarize
-    import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
@@ -56,7 +55,6 @@ def sweep(
         return
     plan, runs, root = result
     jobs = list({r.job.name: r.job for r in plan.runs}.values())
-
     render_summary(summarize(runs, {j.name: j.maximize for j in jobs}), jobs, plan, fmt, root)
     if report_errors(runs):
         raise typer.Exit(EXIT_FAILED)
