@@ -164,6 +164,8 @@ class DetectionJob(Job):
             if key in self.options:
                 raise UsageError(f"--opt {key}= applies only "
                                  f"{'without' if self.real else 'with'} --data-dir")
+        if str(self.options.get("year", "2007")) not in ("2007", "2012"):
+            raise UsageError(f"--opt year= takes 2007 or 2012, got {self.options['year']!r}")
         # a real VOC-layout folder may hold any class names (the 20 VOC ones by default)
         vocab, default = ((None, VOC_CLASSES) if self.real
                           else (DIGIT_CLASSES, SynthConfig.classes))
@@ -180,8 +182,6 @@ class DetectionJob(Job):
         test_cap = max(16, cap // 5) if cap else None
         if self.real:
             year = str(self.options.get("year", "2007"))
-            if year not in ("2007", "2012"):
-                raise UsageError(f"--opt year= takes 2007 or 2012, got {year!r}")
             from losscli.data.mnist import cache_dir
 
             root = Path(self.options.get("data_dir") or cache_dir() / "data")
