@@ -332,7 +332,8 @@ def test_plan_refuses_losses_that_cannot_train_det(tmp_path, spec, expected):
 def test_bad_job_options_exit_2(tmp_path):
     for args, expected in ((["--image-size", "50"], "multiple of 32"),
                            (["--classes", "zero,cat"], "--classes takes"),
-                           (["--fg-fraction", "0.1"], "does not apply to task 'det'")):
+                           (["--fg-fraction", "0.1"], "does not apply to task 'det'"),
+                           (["--opt", "max_objects=0"], "max_objects= takes an integer")):
         res = runner.invoke(app, ["train", "--task", "det", "--loss", "ssd", "--quiet",
                                   "--out", str(tmp_path / "never"), *args])
         assert res.exit_code == 2, res.output

@@ -86,7 +86,7 @@ class TinySSD(nn.Module):
 
     Feature maps at strides 8, 16 and 32 (8x8, 4x4 and 2x2 for 64-px images), each with
     ``anchors_per_location`` default boxes per location. Output ``[B, A, 4 + C]``:
-    offsets, then class logits, in ``default_boxes``' order. ~0.25M parameters.
+    offsets, then class logits, in ``default_boxes``' order. ~0.3M parameters.
     """
 
     def __init__(self, num_classes: int, anchors_per_loc: int, prior: float = PRIOR):
@@ -166,6 +166,9 @@ class DetectionJob(Job):
                                  f"{'without' if self.real else 'with'} --data-dir")
         if str(self.options.get("year", "2007")) not in ("2007", "2012"):
             raise UsageError(f"--opt year= takes 2007 or 2012, got {self.options['year']!r}")
+        self.max_objects = self.options.get("max_objects", 4)
+        if not isinstance(self.max_objects, int) or self.max_objects < 1:
+            raise UsageError(f"--opt max_objects= takes an integer >= 1, got {self.max_objects!r}")
         # a real VOC-layout folder may hold any class names (the 20 VOC ones by default)
         vocab, default = ((None, VOC_CLASSES) if self.real
                           else (DIGIT_CLASSES, SynthConfig.classes))
@@ -189,11 +192,8 @@ class DetectionJob(Job):
             train = read_voc(root, year, "train", self.classes, self.image_size, cap, download)
             test = read_voc(root, year, "val", self.classes, self.image_size, test_cap, download)
             return train, test, f"VOC{year} at {root}"
-        max_objects = int(self.options.get("max_objects", 4))
-        if max_objects < 1:
-            raise UsageError(f"--opt max_objects= must be >= 1, got {max_objects}")
         cfg = SynthConfig(classes=self.classes, num_train=cap or 1500, num_val=test_cap or 300,
-                          image_size=self.image_size, max_objects=max_objects)
+                          image_size=self.image_size, max_objects=self.max_objects)
         root = synthetic_voc_root(cfg)
         train = read_voc(root, "2007", "train", self.classes, self.image_size)
         test = read_voc(root, "2007", "val", self.classes, self.image_size)
