@@ -4,8 +4,9 @@ Every image is one grey channel ``[1, S, S]``: a smooth random texture plus a li
 gradient (the background), shapes drawn on top with a random brightness offset, and
 Gaussian pixel noise. The mask ``[S, S]`` holds 0 for background and ``k`` for a pixel of
 shape class ``k`` (1 = circle, 2 = square, 3 = triangle, 4 = ring, 5 = cross, 6 = bar);
-squares, triangles, crosses and bars are randomly rotated, so a class is told apart by its
-outline, not its orientation or brightness. Later shapes occlude earlier ones, in the image
+triangles and bars are randomly rotated, squares and crosses stay axis-aligned (a rotated
+square is hard to tell from a circle at a few pixels), and the brightness offset is random,
+so a class is told apart by its outline. Later shapes occlude earlier ones, in the image
 and in the mask alike.
 
 Class imbalance comes from ``fg_fraction``, the expected share of foreground pixels. Shape
@@ -36,7 +37,8 @@ SHAPE_CLASSES = ("circle", "square", "triangle", "ring", "cross", "bar")
 # Area of each shape at "radius" 1, in the order of SHAPE_CLASSES (see _inside).
 _UNIT_AREA = (math.pi, 4 * 0.8**2, 3 * math.sqrt(3) / 4 * 1.2**2,
               math.pi * (1 - 0.5**2), 2 * (2 * 0.7) - 0.7**2, 2.4 * 0.8)
-_RADIUS = (0.09, 0.16)  # shape radius range, as a fraction of the image side
+_ROTATED = ("triangle", "bar")
+_RADIUS = (0.12, 0.2)  # shape radius range, as a fraction of the image side
 _TEXTURE = 0.3  # amplitude of the smooth background texture
 _GRADIENT = 0.5  # largest brightness change across the image from the linear gradient
 _CONTRAST = (0.5, 1.0)  # brightness a shape adds to the background under it
@@ -155,7 +157,8 @@ def make_segmentation(
             if ids.numel() == 0:
                 continue
             dx, dy = xs - cx[slot, ids] * s, ys - cy[slot, ids] * s
-            cos, sin = torch.cos(angle[slot, ids]), torch.sin(angle[slot, ids])
+            turned = angle[slot, ids] * (SHAPE_CLASSES[k - 1] in _ROTATED)
+            cos, sin = torch.cos(turned), torch.sin(turned)
             inside = _inside(k, dx * cos + dy * sin, dy * cos - dx * sin, radius[slot, ids])
             # occlusion: the new shape replaces what is under it, earlier shapes included
             images[ids] = torch.where(inside, background[ids] + contrast[slot, ids], images[ids])

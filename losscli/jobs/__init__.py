@@ -7,15 +7,18 @@ from typing import Any
 from losscli.errors import UnknownNameError
 from losscli.jobs.base import Budget, Job, JobData, TaskFile, load_task_file
 from losscli.jobs.classification import FashionJob, MnistJob
+from losscli.jobs.denoise import DenoiseJob
 from losscli.jobs.detection import DetectionJob
 from losscli.jobs.imbalanced import ImbalancedJob
 from losscli.jobs.regression import RegressionJob
+from losscli.jobs.segmentation import SegmentationJob
 
 __all__ = ["Budget", "Job", "JobData", "TaskFile", "create_job", "job_names", "list_jobs",
            "load_task_file", "resolve_job_name"]
 
 _JOBS: dict[str, type[Job]] = {cls.name: cls for cls in (MnistJob, FashionJob, RegressionJob,
-                                                          DetectionJob, ImbalancedJob)}
+                                                          DetectionJob, ImbalancedJob,
+                                                          SegmentationJob, DenoiseJob)}
 
 
 def list_jobs() -> list[type[Job]]:

@@ -1,0 +1,227 @@
+"""Semantic segmentation job ``seg``: generated shapes on textured backgrounds, a small U-Net.
+
+Data: ``losscli.data.synthetic_segmentation`` (classes circle, square, triangle, ...; class
+0 is background), generated from a fixed data seed (train and test from different streams,
+so ``n_train`` never changes the test set). Knobs: ``image_size``, ``num_classes`` (shape
+classes), ``fg_fraction`` (expected foreground share: the class-imbalance knob), ``noise``,
+``binary`` (foreground vs background), ``n_train``, ``n_test``, ``data_seed``.
+
+Adapter. Multi-class: the model gives logits ``[N, C, H, W]`` (``C = num_classes + 1``);
+``probs`` is their softmax, ``log_probs`` their log-softmax; targets are class indices
+``[N, H, W]`` or one-hot floats ``[N, C, H, W]`` (``binary`` targets). Binary variant: logits
+``[N, 1, H, W]``, ``probs`` their sigmoid; targets are the 0/1 mask ``[N, H, W]`` (index kind,
+which the segmentation losses take as a mask) or ``[N, 1, H, W]`` floats (binary kind).
+
+Which losses apply: segmentation losses (dice, lovasz, ...), classification losses on the
+dense logits (ce, focal, ...: per-pixel, averaged), and binary losses. On the multi-class
+job a binary loss (e.g. ``bce_logits``) trains one sigmoid per class against the one-hot
+target (a multi-label objective; the prediction is still the argmax), as on ``mnist``. The
+binary variant refuses classification losses: a softmax over one channel is constant.
+
+Metrics, from the argmax (or ``logit > 0``) prediction over the whole test set, through
+torchmetrics: ``miou`` (primary) is the mean IoU over all classes *including background*
+(dataset-level confusion matrix, classes absent from prediction and truth skipped), as in
+PASCAL VOC / Cityscapes; ``dice`` is the mean Dice over the foreground classes only, also
+dataset-level; ``pixel_acc`` is the share of correctly labelled pixels. The binary variant
+scores two classes (background, foreground) the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losscli.data.synthetic_segmentation import SHAPE_CLASSES, make_segmentation
+from losscli.errors import UsageError
+from losscli.jobs.base import Job, JobData
+from losscli.losses import Family, LossInfo, Pred, Target
+
+__all__ = ["SegmentationJob", "SmallUNet"]
+
+_EVAL_BATCH = 256
+_TEST_STREAM = 1_000_003  # the test set's generator seed is data_seed + this
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 convolutions, each with GroupNorm (4 groups) and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU(inplace=True),
+    )
+
+
+class SmallUNet(nn.Module):
+    """U-Net with two down and two up stages (widths w, 2w, 4w), GroupNorm, no BatchNorm
+    (so per-sample functional transforms such as ``torch.func.vmap`` stay possible).
+    Input sides must be multiples of 4."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 4, width: int = 8):
+        super().__init__()
+        w = width
+        self.enc1 = _conv_block(in_channels, w)
+        self.enc2 = _conv_block(w, 2 * w)
+        self.mid = _conv_block(2 * w, 4 * w)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = _conv_block(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = _conv_block(2 * w, w)
+        self.head = nn.Conv2d(w, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s1 = self.enc1(x)
+        s2 = self.enc2(F.max_pool2d(s1, 2))
+        h = self.mid(F.max_pool2d(s2, 2))
+        h = self.dec2(torch.cat([self.up2(h), s2], dim=1))
+        h = self.dec1(torch.cat([self.up1(h), s1], dim=1))
+        return self.head(h)
+
+
+def _int_option(options: dict[str, Any], key: str, default: int, low: int) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"--{key.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _float_option(options: dict[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"--{key.replace('_', '-')} must be a number, got {value!r}")
+    return float(value)
+
+
+class SegmentationJob(Job):
+    name = "seg"
+    aliases = ("segmentation",)
+    description = ("Synthetic shapes segmentation (circles, squares, triangles, ... on noisy "
+                   "textured backgrounds), generated from a fixed data seed")
+    model_name = "SmallUNet (2 down / 2 up, 8-16-32 ch, GroupNorm)"
+    metrics = ("miou", "dice", "pixel_acc")
+    primary_metric = "miou"
+    maximize = True
+    families = frozenset({Family.SEGMENTATION, Family.CLASSIFICATION, Family.BINARY})
+    preds = frozenset({Pred.LOGITS, Pred.PROBS, Pred.LOG_PROBS})
+    targets = frozenset({Target.INDEX, Target.BINARY})
+    option_help = {
+        "image_size": "image side in px, a multiple of 4 (default 32)",
+        "num_classes": f"shape classes, 1-{len(SHAPE_CLASSES)}; background is class 0 "
+                       "(default 3: circle, square, triangle)",
+        "fg_fraction": "expected foreground share of the pixels, in (0, 1) (default 0.2)",
+        "noise": "std of the Gaussian pixel noise; shapes stand 0.5-1 above the "
+                 "background (default 0.1)",
+        "binary": "foreground vs background: one logit channel, float masks (default false)",
+        "n_train": "training images (default 2000)",
+        "n_test": "test images (default 500)",
+        "data_seed": "seed of the generated data (default 0)",
+    }
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.options
+        self.image_size = _int_option(o, "image_size", 32, 16)
+        if self.image_size % 4:
+            raise UsageError(f"--image-size must be a multiple of 4 (two 2x poolings in the "
+                             f"U-Net), got {self.image_size}")
+        self.num_classes = _int_option(o, "num_classes", 3, 1)
+        if self.num_classes > len(SHAPE_CLASSES):
+            raise UsageError(f"--num-classes must be at most {len(SHAPE_CLASSES)} "
+                             f"({', '.join(SHAPE_CLASSES)}), got {self.num_classes}")
+        self.fg_fraction = _float_option(o, "fg_fraction", 0.2)
+        if not 0 < self.fg_fraction < 1:
+            raise UsageError(f"--fg-fraction must be in (0, 1), got {self.fg_fraction}")
+        self.noise = _float_option(o, "noise", 0.1)
+        if not self.noise >= 0:
+            raise UsageError(f"--noise must be >= 0 (the pixel noise std), got {self.noise}")
+        self.binary = bool(o.get("binary", False))
+        self.n_train = _int_option(o, "n_train", 2000, 1)
+        self.n_test = _int_option(o, "n_test", 500, 1)
+        self.data_seed = _int_option(o, "data_seed", 0, 0)
+        if self.binary:
+            self.families = frozenset({Family.SEGMENTATION, Family.BINARY})
+
+    @property
+    def out_channels(self) -> int:
+        """Logit channels: 1 for the binary variant, else background + shape classes."""
+        return 1 if self.binary else self.num_classes + 1
+
+    def _generate(self, n: int, seed: int):
+        return make_segmentation(n, image_size=self.image_size, num_classes=self.num_classes,
+                                 fg_fraction=self.fg_fraction, noise=self.noise, seed=seed)
+
+    def load_data(self) -> JobData:
+        train = self._generate(self.n_train, self.data_seed)
+        test = self._generate(self.n_test, self.data_seed + _TEST_STREAM)
+        ytr, yte = train.masks, test.masks
+        if self.binary:
+            ytr, yte = (ytr > 0).long(), (yte > 0).long()
+        classes = ", ".join(SHAPE_CLASSES[:self.num_classes])
+        source = (f"generated shapes ({classes}{'; binary fg/bg' if self.binary else ''}), "
+                  f"{self.image_size}px, {self.n_train} train / {self.n_test} test, "
+                  f"fg fraction {train.fg_fraction:.3f} (asked {self.fg_fraction:g}), "
+                  f"noise {self.noise:g}, data seed {self.data_seed}")
+        return JobData(train.images, ytr, test.images, yte, source,
+                       extra={"fg_fraction_train": train.fg_fraction,
+                              "fg_fraction_test": test.fg_fraction})
+
+    def build_model(self) -> nn.Module:
+        return SmallUNet(in_channels=1, out_channels=self.out_channels)
+
+    def incompatibility(self, info: LossInfo) -> str | None:
+        if self.binary and info.family is Family.CLASSIFICATION:
+            return (f"{info.family} losses do not apply to the binary seg variant (a softmax "
+                    "over one channel is constant); use bce_logits, sigmoid_focal or a "
+                    "segmentation loss")
+        return super().incompatibility(info)
+
+    # -- adapter -------------------------------------------------------------------
+    def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor:
+        if kind is Pred.PROBS:
+            return torch.sigmoid(output) if self.binary else F.softmax(output, dim=1)
+        if kind is Pred.LOG_PROBS:
+            return F.logsigmoid(output) if self.binary else F.log_softmax(output, dim=1)
+        return output
+
+    def adapt_target(self, target: Tensor, kind: Target, output: Tensor) -> Tensor:
+        if kind is Target.BINARY:
+            if self.binary:
+                return target.unsqueeze(1).to(output.dtype)
+            classes = torch.arange(output.shape[1], device=target.device).view(1, -1, 1, 1)
+            return (target.unsqueeze(1) == classes).to(output.dtype)  # one_hot() checks: a sync
+        return target
+
+    # -- metrics -------------------------------------------------------------------
+    def predict(self, output: Tensor) -> Tensor:
+        """Class index per pixel ``[N, H, W]`` from logits (``logit > 0`` when binary)."""
+        return (output[:, 0] > 0).long() if self.binary else output.argmax(1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+        pred = torch.cat([self.predict(model(x).float()) for x in data.test_x.split(_EVAL_BATCH)])
+        return dict(zip(self.metrics, segmentation_metrics(pred, data.test_y,
+                                                           max(2, self.out_channels)).tolist(),
+                        strict=True))  # the one host sync
+
+    def probe(self) -> tuple[Tensor, Tensor]:
+        s = self.image_size
+        target = (torch.arange(2 * s * s).view(2, s, s) // 7) % (self.num_classes + 1)
+        if self.binary:
+            target = (target > 0).long()
+        return torch.randn(2, self.out_channels, s, s), target
+
+
+def segmentation_metrics(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """``[miou, dice, pixel_acc]`` of index predictions ``[N, H, W]`` against index targets,
+    dataset-level (see the module docstring), as one tensor (no host sync)."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
+    from torchmetrics.functional.segmentation import dice_score
+
+    return torch.stack([
+        multiclass_jaccard_index(pred, target, num_classes, average="macro",
+                                 validate_args=False),
+        dice_score(pred, target, num_classes, include_background=False, average="macro",
+                   input_format="index", aggregation_level="global").squeeze(0),
+        multiclass_accuracy(pred, target, num_classes, average="micro", validate_args=False),
+    ])
