@@ -9,11 +9,12 @@ numbers.
 
 from __future__ import annotations
 
+import copy
 import math
 import resource
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ from torch import Tensor, nn
 from losscli.jobs import Job, JobData
 from losscli.losses import Loss
 
-__all__ = ["RunOutcome", "TrainConfig", "make_optimizer", "resolve_device", "run_one"]
+__all__ = ["RunOutcome", "TrainConfig", "choose_vectorised", "make_optimizer", "resolve_device",
+           "run_one", "run_seeds"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -130,70 +132,175 @@ def run_one(
 ) -> RunOutcome:
     """Train ``job``'s model with ``loss`` for ``cfg.steps`` steps on ``data`` (already on
     ``cfg.device``). Never raises for a failing run: the outcome says ``error``."""
+    return run_seeds(job, data, loss, cfg, [seed], on_step=on_step)[0]
+
+
+def run_seeds(
+    job: Job,
+    data: JobData,
+    loss: Loss,
+    cfg: TrainConfig,
+    seeds: Sequence[int],
+    *,
+    vectorised: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> list[RunOutcome]:
+    """Train one run per seed: one after another, or (``vectorised``) all seeds at once as
+    one ``torch.func.vmap``-ed model. Seed k gives the same numbers either way (to float
+    rounding). Never raises for a failing run: the outcomes say ``error``."""
+    if not vectorised:
+        return [_guarded(job, data, loss, cfg, [seed], False, on_step)[0] for seed in seeds]
+    return _guarded(job, data, loss, cfg, list(seeds), True, on_step)
+
+
+def _guarded(job, data, loss, cfg, seeds, vectorised, on_step) -> list[RunOutcome]:
     device = torch.device(cfg.device)
-    out = RunOutcome(status="ok")
+    outs = [RunOutcome(status="ok") for _ in seeds]
     try:
-        _train(job, data, loss, cfg, seed, device, out, on_step)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        trainer = (_Stacked if vectorised else _Single)(job, data, loss, cfg, seeds, device)
+        _train(trainer, job, data, cfg, device, outs, on_step)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # an error is a result; the sweep goes on
-        out.status = "error"
-        out.error = f"{type(exc).__name__}: {exc}"
-        out.error_trace = traceback.format_exc()
-    out.peak_mem_mb = _peak_mem_mb(device)
-    return out
+        for out in outs:
+            out.status = "error"
+            out.error = f"{type(exc).__name__}: {exc}"
+            out.error_trace = traceback.format_exc()
+    for out in outs:
+        out.peak_mem_mb = _peak_mem_mb(device)
+    return outs
 
 
-def _train(job, data, loss, cfg, seed, device, out, on_step) -> None:
-    torch.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model = job.build_model().to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model.parameters())
-    objective = job.bind(loss)
-    batches = _Batches(data, cfg.batch_size, seed)
+class _Single:
+    """One model, one optimizer: the plain training step."""
+
+    def __init__(self, job, data, loss, cfg, seeds, device):
+        torch.manual_seed(seeds[0])
+        model = job.build_model().to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model, self.cfg, self.device = model, cfg, device
+        self.opt = make_optimizer(cfg, model.parameters())
+        self.objective = job.bind(loss)
+        self.batches = _Batches(data, cfg.batch_size, seeds[0])
+
+    def step(self) -> Tensor:
+        x, y = self.batches.next()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            output = self.model(x)
+        value = self.objective(output.float(), y)  # the loss is always computed in fp32
+        self.opt.zero_grad(set_to_none=True)
+        value.backward()
+        self.opt.step()
+        return value.detach().reshape(1)
+
+    def models(self) -> list[nn.Module]:
+        return [self.model]
+
+    def loss_ms(self) -> list[float]:
+        return [_loss_ms(self.model, self.objective, self.batches, self.device)]
+
+
+class _Stacked:
+    """S seeds as one model: parameters stacked on a leading dim, forward and loss vmapped.
+
+    Element-wise optimizers (Adam, AdamW, SGD) on the stacked tensors update each seed
+    exactly as its own optimizer would; each seed keeps its own init and batch order.
+    """
+
+    def __init__(self, job, data, loss, cfg, seeds, device):
+        from torch.func import functional_call, stack_module_state, vmap
+
+        models = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            models.append(job.build_model().to(device))
+        self.params, self.buffers = stack_module_state(models)
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.objective = job.bind(loss)
+
+        def seed_loss(params, buffers, x, y):
+            output = functional_call(self.base, (params, buffers), (x,))
+            return self.objective(output.float(), y)
+
+        self.batched_loss = vmap(seed_loss)
+        self.functional_call = functional_call
+        self.opt = make_optimizer(cfg, self.params.values())
+        self.batches = [_Batches(data, cfg.batch_size, seed) for seed in seeds]
+        self.device, self.n = device, len(seeds)
+
+    def step(self) -> Tensor:
+        xs, ys = zip(*(b.next() for b in self.batches), strict=True)
+        values = self.batched_loss(self.params, self.buffers, torch.stack(xs), torch.stack(ys))
+        self.opt.zero_grad(set_to_none=True)
+        values.sum().backward()  # seeds share no parameter: each gets its own gradient
+        self.opt.step()
+        return values.detach()
+
+    def models(self) -> list[nn.Module]:
+        return [_SeedSlice(self, k) for k in range(self.n)]
+
+    def loss_ms(self) -> list[float]:
+        return [_loss_ms(m, self.objective, b, self.device)
+                for m, b in zip(self.models(), self.batches, strict=True)]
+
+
+class _SeedSlice(nn.Module):
+    """Seed k of a stacked model, as a module for evaluation."""
+
+    def __init__(self, stacked: _Stacked, k: int):
+        super().__init__()
+        self.stacked, self.k = stacked, k
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.stacked
+        params = {n: p[self.k] for n, p in s.params.items()}
+        buffers = {n: b[self.k] for n, b in s.buffers.items()}
+        return s.functional_call(s.base, (params, buffers), (x,))
+
+
+def _train(trainer, job, data, cfg, device, outs, on_step) -> None:
+    """The loop shared by one seed and stacked seeds: timed steps, evals, divergence."""
     evals, warm = _eval_steps(cfg), min(cfg.warmup_steps, cfg.steps - 1)
-    out.evals.append((0, _evaluate(job, model, data)))
-    running, since = torch.zeros((), device=device), 0
-    t0 = None
+    models, live = trainer.models(), list(range(len(outs)))
+    for k in live:
+        outs[k].evals.append((0, _evaluate(job, models[k], data)))
+    running, since, t0, last = torch.zeros(len(outs), device=device), 0, None, 0
     for step in range(1, cfg.steps + 1):
         if step == warm + 1:
             _sync(device)
             t0 = time.perf_counter()
-        x, y = batches.next()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            output = model(x)
-        value = objective(output.float(), y)  # the loss is always computed in fp32
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        running += value.detach()
+        running += trainer.step()
         since += 1
-        out.steps_done = step
         if on_step is not None:
             on_step(step)
-        if step in evals:
-            if t0 is not None:
-                _sync(device)
-                out.train_seconds += time.perf_counter() - t0
-                out.timed_samples += (step - max(warm, _last_eval(out))) * cfg.batch_size
-            mean_loss = (running / since).item()  # the one host sync per eval
-            out.train_loss.append((step, mean_loss))
-            running.zero_()
-            since = 0
-            if not math.isfinite(mean_loss):
-                out.status = "diverged"
-                out.error = f"non-finite training loss ({mean_loss}) before step {step}"
-                return
-            out.evals.append((step, _evaluate(job, model, data)))
-            t0 = time.perf_counter() if step < cfg.steps else None
-    out.loss_ms_per_step = _loss_ms(model, objective, batches, device)
-
-
-def _last_eval(out: RunOutcome) -> int:
-    return out.train_loss[-1][0] if out.train_loss else 0
+        if step not in evals:
+            continue
+        if t0 is not None:
+            _sync(device)
+            elapsed = time.perf_counter() - t0
+            for k in live:  # stacked seeds share the time evenly
+                outs[k].train_seconds += elapsed / len(outs)
+                outs[k].timed_samples += (step - max(warm, last)) * cfg.batch_size
+        means = (running / since).tolist()  # the one host sync per eval
+        running.zero_()
+        since, last = 0, step
+        for k in list(live):
+            outs[k].steps_done = step
+            outs[k].train_loss.append((step, means[k]))
+            if not math.isfinite(means[k]):
+                outs[k].status = "diverged"
+                outs[k].error = f"non-finite training loss ({means[k]}) before step {step}"
+                live.remove(k)
+            else:
+                outs[k].evals.append((step, _evaluate(job, models[k], data)))
+        if not live:
+            return
+        t0 = time.perf_counter() if step < cfg.steps else None
+    for k, ms in zip(live, [trainer.loss_ms()[k] for k in live], strict=True):
+        outs[k].loss_ms_per_step = ms
 
 
 def _evaluate(job: Job, model: nn.Module, data: JobData) -> dict[str, float]:
@@ -227,3 +334,43 @@ def _peak_mem_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     # CPU: the process's peak resident set (Linux reports KiB); covers all runs so far
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_CHOICE: dict[tuple, bool] = {}
+
+
+def choose_vectorised(job: Job, data: JobData, loss: Loss, cfg: TrainConfig,
+                      seeds: Sequence[int], steps: int = 6) -> bool:
+    """Whether training ``seeds`` as one vmapped model beats training them one by one.
+
+    A short calibration on throwaway models (the real runs start afresh): a few timed
+    steps each way after a warm-up. Unsupported (an op vmap cannot batch, a host sync in
+    the loss) or not at least 10 % faster means sequential. Decided once per process for
+    each (job, loss, settings, number of seeds).
+    """
+    key = (job.data_key, loss.key, cfg, len(seeds))
+    if key not in _CHOICE:
+        _CHOICE[key] = len(seeds) > 1 and job.vectorisable and _calibrate(
+            job, data, loss, cfg, seeds, steps)
+    return _CHOICE[key]
+
+
+def _calibrate(job, data, loss, cfg, seeds, steps) -> bool:
+    device = torch.device(cfg.device)
+
+    def seconds(trainer) -> float:
+        for _ in range(2):
+            trainer.step()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        _sync(device)
+        return time.perf_counter() - t
+
+    try:
+        stacked = seconds(_Stacked(job, data, loss, cfg, list(seeds), device))
+    except Exception:  # vmap cannot batch this job or loss: sequential it is
+        return False
+    single = seconds(_Single(job, data, loss, cfg, [seeds[0]], device)) * len(seeds)
+    return stacked < 0.9 * single

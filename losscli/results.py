@@ -26,7 +26,7 @@ RUN_COLUMNS = (
     "primary_metric", "primary_best", "primary_final", "target", "steps_to_target",
     "curve_auc", "final_train_loss", "steps", "eval_every", "epochs", "batch_size", "lr",
     "optimizer",
-    "train_seconds", "samples_per_s", "loss_ms_per_step", "peak_mem_mb",
+    "train_seconds", "samples_per_s", "loss_ms_per_step", "peak_mem_mb", "seeds_together",
     "final_metrics", "best_metrics", "data_source", "versions", "finished_at",
 )
 HISTORY_COLUMNS = ("run_key", "step", "split", "metric", "value")

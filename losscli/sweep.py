@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from losscli.engine import OPTIMIZERS, RunOutcome, TrainConfig, run_one
+from losscli.engine import OPTIMIZERS, RunOutcome, TrainConfig, choose_vectorised, run_seeds
 from losscli.errors import UsageError
 from losscli.jobs import Job, JobData, create_job
 from losscli.losses import Loss, create_loss, list_losses, load_plugin
@@ -163,7 +163,7 @@ def make_plan(requests: Sequence[JobRequest], device: str = "cpu", bf16: bool = 
 # --------------------------------------------------------------------------- execution
 
 
-def _row(spec: RunSpec, data: JobData, out: RunOutcome) -> dict[str, Any]:
+def _row(spec: RunSpec, data: JobData, out: RunOutcome, together: int = 1) -> dict[str, Any]:
     job = spec.job
     name = job.primary_metric
     evals = [m for _, m in out.evals[1:]] or [m for _, m in out.evals]
@@ -187,7 +187,8 @@ def _row(spec: RunSpec, data: JobData, out: RunOutcome) -> dict[str, Any]:
         "batch_size": spec.cfg.batch_size, "lr": spec.cfg.lr, "optimizer": spec.cfg.optimizer,
         "train_seconds": round(out.train_seconds, 4),
         "samples_per_s": out.timed_samples / out.train_seconds if out.train_seconds else math.nan,
-        "loss_ms_per_step": out.loss_ms_per_step, "peak_mem_mb": round(out.peak_mem_mb, 1),
+        "loss_ms_per_step": out.loss_ms_per_step, "seeds_together": together,
+        "peak_mem_mb": round(out.peak_mem_mb, 1),
         "final_metrics": finals, "best_metrics": best, "data_source": data.source,
         "versions": versions(), "finished_at": datetime.now(timezone.utc).isoformat(),
     }
@@ -218,12 +219,32 @@ def _history(out: RunOutcome) -> list[tuple[int, str, str, float]]:
     return sorted(rows, key=lambda r: r[0])
 
 
-def run_spec(spec: RunSpec, on_step: Callable[[int], None] | None = None
-             ) -> tuple[dict[str, Any], list]:
-    """One run → its runs.csv row and history rows."""
-    data = job_data(spec.job, spec.cfg.device)
-    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, on_step=on_step)
-    return _row(spec, data, out), _history(out)
+def run_group(specs: Sequence[RunSpec], vectorise: str = "auto",
+              on_step: Callable[[int], None] | None = None) -> list[tuple[dict, list]]:
+    """Runs that differ only in their seed → their rows and history rows. ``vectorise``:
+    ``auto`` (calibrate), ``always`` (vmap when there are several seeds) or ``never``."""
+    first = specs[0]
+    data = job_data(first.job, first.cfg.device)
+    seeds = [s.seed for s in specs]
+    together = vectorise == "always" and len(seeds) > 1 or vectorise == "auto" and \
+        choose_vectorised(first.job, data, first.loss, first.cfg, seeds)
+    outs = run_seeds(first.job, data, first.loss, first.cfg, seeds, vectorised=together,
+                     on_step=on_step)
+    return [(_row(spec, data, out, len(seeds) if together else 1), _history(out))
+            for spec, out in zip(specs, outs, strict=True)]
+
+
+def run_spec(spec: RunSpec) -> tuple[dict[str, Any], list]:
+    """One run → its runs.csv row and history rows (what a pool worker does)."""
+    return run_group([spec], "never")[0]
+
+
+def _seed_groups(runs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """Consecutive runs that differ only in the seed, in plan order."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for r in runs:
+        groups.setdefault((r.job.data_key, r.job.options_json, r.loss.key, r.cfg), []).append(r)
+    return list(groups.values())
 
 
 def shard(runs: list[RunSpec], rank: int, world_size: int) -> list[RunSpec]:
@@ -240,21 +261,27 @@ def execute(
     on_start: Callable[[RunSpec], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     on_done: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+    vectorise: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Run every run whose key is not in ``store`` yet; append each as it finishes."""
+    """Run every run whose key is not in ``store`` yet; append each as it finishes.
+
+    In one process, the seeds of a (job, loss, settings) train together as one vmapped
+    model when ``vectorise`` allows it and it is faster (``engine.choose_vectorised``).
+    """
     done = store.finished_keys()
     todo = [r for r in runs if r.key not in done]
     rows = []
     if workers > 1 and len(todo) > 1:
         return _execute_pool(todo, store, workers, plugins, on_start, on_done)
-    for spec in todo:
+    for group in _seed_groups(todo):
         if on_start:
-            on_start(spec)
-        row, history = run_spec(spec, on_step)
-        store.append(row, history)
-        rows.append(row)
-        if on_done:
-            on_done(spec, row)
+            on_start(group[0])
+        for spec, (row, history) in zip(group, run_group(group, vectorise, on_step),
+                                        strict=True):
+            store.append(row, history)
+            rows.append(row)
+            if on_done:
+                on_done(spec, row)
     return rows
 
 

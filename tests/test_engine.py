@@ -95,3 +95,50 @@ def test_binary_loss_gets_one_hot_targets_and_probabilities(job_data):
         out = run_one(job, data, create_loss(spec), CFG, seed=0)
         assert out.status == "ok", (spec, out.error)
         assert out.evals[-1][1]["accuracy"] > 0.9, spec
+
+
+def test_vectorised_seeds_match_sequential_after_50_steps(job_data):
+    from losscli.engine import run_seeds
+
+    job, data = job_data
+    cfg = TrainConfig(steps=50, batch_size=50, lr=1e-2, eval_every=25, warmup_steps=2)
+    for spec in ("ce", "focal:gamma=2", "0.5*ce+bce_logits"):
+        seq = run_seeds(job, data, create_loss(spec), cfg, [0, 1, 2])
+        vec = run_seeds(job, data, create_loss(spec), cfg, [0, 1, 2], vectorised=True)
+        for k in range(3):
+            assert vec[k].status == seq[k].status == "ok", vec[k].error
+            for (s1, a), (s2, b) in zip(seq[k].train_loss, vec[k].train_loss, strict=True):
+                assert s1 == s2 and a == pytest.approx(b, abs=1e-5, rel=1e-5)
+            for (_, a), (_, b) in zip(seq[k].evals, vec[k].evals, strict=True):
+                assert a == pytest.approx(b, abs=1e-5)
+        assert seq[0].train_loss != seq[1].train_loss  # seeds differ from each other
+
+
+def test_vectorised_divergence_is_a_result(job_data, scratch_registry):
+    from losscli.engine import run_seeds
+
+    @register_loss("nan_later", family="classification", pred="logits", target="index",
+                   description="NaN once training is under way", reference="test")
+    def nan_later(pred, target, *, reduction="mean"):
+        nan_later.calls += 1  # vmap calls the function once per step for all seeds
+        value = torch.nn.functional.cross_entropy(pred, target)
+        return value * math.nan if nan_later.calls > 10 else value
+
+    nan_later.calls = 0
+    job, data = job_data
+    outs = run_seeds(job, data, create_loss("nan_later"), CFG, [0, 1], vectorised=True)
+    assert [o.status for o in outs] == ["diverged", "diverged"]
+    assert all(o.steps_done == 20 for o in outs)
+
+
+def test_calibration_falls_back_when_vmap_cannot_batch(job_data, scratch_registry):
+    from losscli.engine import choose_vectorised
+
+    @register_loss("host_sync", family="classification", pred="logits", target="index",
+                   description="reads a value on the host", reference="test")
+    def host_sync(pred, target, *, reduction="mean"):
+        value = torch.nn.functional.cross_entropy(pred, target)
+        return value * 2 if value.item() > 100 else value  # .item() cannot be vmapped
+
+    job, data = job_data
+    assert not choose_vectorised(job, data, create_loss("host_sync"), CFG, [0, 1])

@@ -141,12 +141,14 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     suite = write_suite(tmp_path)
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     subprocess.run(_losscli("sweep", str(suite), "--out", str(single), "--device", "cpu",
-                            "--threads", "1", "--quiet"), check=True, capture_output=True,
+                            "--threads", "1", "--vectorise", "never", "--quiet"), check=True,
+                   capture_output=True,
                    timeout=600)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     res = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "losscli",
                           "sweep", str(suite), "--out", str(sharded), "--device", "cpu",
-                          "--threads", "1", "--quiet"], capture_output=True, text=True,
+                          "--threads", "1", "--vectorise", "never", "--quiet"],
+                         capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in sharded.glob("runs*.csv")) == ["runs.rank0.csv",
@@ -157,7 +159,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
 def test_worker_pool_runs_every_key(tmp_path):
     suite = write_suite(tmp_path)
     single, pooled = tmp_path / "single", tmp_path / "pooled"
-    for out, extra in ((single, ["--threads", "1"]), (pooled, ["--workers", "2"])):
+    for out, extra in ((single, ["--threads", "1", "--vectorise", "never"]),
+                       (pooled, ["--workers", "2"])):
         res = runner.invoke(app, ["sweep", str(suite), "--out", str(out), "--device", "cpu",
                                   "--quiet", *extra])
         assert res.exit_code == 0, res.output

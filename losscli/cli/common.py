@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Device", "OutputFormat", "err", "handle_errors", "out"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Device", "OutputFormat", "Vectorise", "err",
+           "handle_errors", "out"]
 
 EXIT_FAILED = 1  # a run errored, output could not be written, or a check found a regression
 EXIT_USAGE = 2  # bad input: unknown names, incompatible pairs, malformed specs
@@ -30,6 +31,12 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
+
+
+class Vectorise(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
 
 
 class OutputFormat(str, Enum):

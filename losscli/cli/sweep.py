@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, err, handle_errors, out
+from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, Vectorise, err, handle_errors, out
 from losscli.cli.running import RunProgress, render_summary, report_errors, run_meta
 
 
@@ -28,6 +28,9 @@ def sweep(
     device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] =
         Device.auto,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (loss in fp32).")] = False,
+    vectorise: Annotated[Vectorise, typer.Option(
+        help="Train a loss's seeds together as one vmapped model: auto (when a short "
+        "calibration says it is faster), always, never.")] = Vectorise.auto,
     plugin: Annotated[list[str] | None, typer.Option(
         help="Module or .py file registering extra losses (repeatable).")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Summary on stdout.")] =
@@ -48,7 +51,8 @@ def sweep(
     torch.set_num_threads(threads or previous)
     try:
         result = run_suite(suite_file, out_dir, workers=workers, device=device, bf16=bf16,
-                           plugins=plugin or [], quiet=quiet, dry_run=dry_run)
+                           plugins=plugin or [], quiet=quiet, dry_run=dry_run,
+                           vectorise=vectorise.value)
     finally:
         torch.set_num_threads(previous)  # in-process callers (tests) keep their setting
     if result is None:  # a dry run, or a rank other than 0
@@ -62,7 +66,7 @@ def sweep(
 
 def run_suite(suite_file: Path, out_dir: Path | None, *, workers: int = 1,
               device: Device = Device.auto, bf16: bool = False, plugins: list[str] = (),
-              quiet: bool = False, dry_run: bool = False):
+              quiet: bool = False, dry_run: bool = False, vectorise: str = "auto"):
     """Plan, resume and execute a suite; on rank 0 return (plan, its runs, run dir)."""
     from losscli.results import ResultStore, read_runs
     from losscli.suite import load_suite
@@ -89,7 +93,7 @@ def run_suite(suite_file: Path, out_dir: Path | None, *, workers: int = 1,
     skipped = sum(r.key in done for r in mine)
     with RunProgress(len(mine), quiet or rank > 0, skipped=skipped) as progress:
         execute(mine, store, workers=workers, plugins=plugins, on_start=progress.start,
-                on_step=progress.step, on_done=progress.done)
+                on_step=progress.step, on_done=progress.done, vectorise=vectorise)
     _barrier(world)
     if rank != 0:
         return None

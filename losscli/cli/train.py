@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, handle_errors
+from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, Vectorise, handle_errors
 from losscli.cli.running import RunProgress, render_summary, report_errors, run_meta
 
 BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
@@ -79,6 +79,9 @@ def train(
     opt: Annotated[list[str] | None, typer.Option(
         "--opt", help="Any other job option as key=value (repeatable).",
         rich_help_panel=JOB)] = None,
+    vectorise: Annotated[Vectorise, typer.Option(
+        help="Train a loss's seeds together as one vmapped model: auto (when a short "
+        "calibration says it is faster), always, never.")] = Vectorise.auto,
     plugin: Annotated[list[str] | None, typer.Option(
         help="Module or .py file registering extra losses (repeatable).")] = None,
     out_dir: Annotated[Path | None, typer.Option(
@@ -126,7 +129,7 @@ def train(
     store.write_meta(run_meta(plan, dev))
     with RunProgress(len(plan.runs), quiet) as progress:
         execute(plan.runs, store, on_start=progress.start, on_step=progress.step,
-                on_done=progress.done)
+                on_done=progress.done, vectorise=vectorise.value)
     runs = read_runs(store.root)
     summary = summarize(runs, {job.name: job.maximize})
     render_summary(summary, [job], plan, fmt, store.root)

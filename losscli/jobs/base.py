@@ -98,6 +98,9 @@ class Job(ABC):
     preds: frozenset[Pred]  # the kinds the adapter can produce from the model's output
     targets: frozenset[Target]
     option_help: Mapping[str, str] = {}
+    # May several seeds train as one torch.func.vmap-ed model? (no BatchNorm running stats,
+    # no data-dependent shapes); the engine still calibrates and falls back when slower.
+    vectorisable: bool = True
 
     def __init__(self, **options: Any):
         """``options``: the job's knobs (``option_help`` names them); ``None`` means default."""
