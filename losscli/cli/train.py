@@ -24,7 +24,8 @@ def train(
     loss: Annotated[list[str] | None, typer.Option(
         "--loss", "-l", help="Loss spec, repeatable: 'ce', 'focal:gamma=2', 'dice+0.5*ce'. "
         "Default: the job's default set.")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="Seeds per loss (0..N-1).")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per loss (first..first+N-1).")] = 1,
+    first_seed: Annotated[int, typer.Option(min=0, help="The first seed.")] = 0,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs.",
                                                rich_help_panel=BUDGET)] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (wins over "
@@ -120,7 +121,7 @@ def train(
         "image_size": image_size, "num_classes": num_classes, "fg_fraction": fg_fraction,
         "binary": binary, "pos_ratio": pos_ratio, "sigma": sigma, **_key_values(opt or []),
     }
-    request = JobRequest(task=task, losses=tuple(loss or ()), seeds=tuple(range(seeds)),
+    request = JobRequest(task=task, losses=tuple(loss or ()), seeds=tuple(range(first_seed, first_seed + seeds)),
                          overrides=overrides, options=options)
     plan = make_plan([request], dev, bf16)
     job = plan.runs[0].job

@@ -1,0 +1,146 @@
+"""Harness overhead: losscli's training step vs a minimal loop and vs the usual script.
+
+For each job, in one process and interleaved over repeats, three ways to train the same
+model with the same loss, optimizer and batch size for the same number of steps:
+
+* ``losscli``: the engine (``losscli.engine.run_one``), its own train-time measurement
+  (evals and warm-up excluded, as in runs.csv);
+* ``minimal``: a hand-written loop over the same device-resident data and bound loss, with
+  no logging and no sync but one at the end;
+* ``script``: the PyTorch-tutorial way: a ``DataLoader`` over a ``TensorDataset``
+  (shuffle, per-sample collation) and ``loss.item()`` every step.
+
+Prints samples/s of each and the ratios losscli/minimal (target >= 0.97 on CPU, 0.95 on a
+GPU) and losscli/script (target >= 1.0 on CPU, 2 on a GPU): min / median / max over
+repeats.
+
+    python benchmarks/overhead.py --repeats 5 --steps 60
+    python benchmarks/overhead.py --jobs mnist,reg --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from losscli.engine import TrainConfig, _sync, make_optimizer, resolve_device, run_one
+from losscli.jobs import create_job, job_names
+from losscli.losses import create_loss
+from losscli.sweep import job_data
+
+WARMUP = 5
+
+
+def _cfg(job, steps: int, device: str) -> TrainConfig:
+    b = job.task.budget
+    # one eval at the end only: evals are excluded from every timing anyway
+    return TrainConfig(steps=steps + WARMUP, batch_size=b.batch_size, lr=b.lr,
+                       optimizer=b.optimizer, eval_every=steps + WARMUP, warmup_steps=WARMUP,
+                       device=device)
+
+
+def bench_losscli(job, data, loss, cfg) -> float:
+    out = run_one(job, data, loss, cfg, seed=0)
+    if out.status != "ok":
+        raise RuntimeError(out.error)
+    return out.timed_samples / out.train_seconds
+
+
+def bench_minimal(job, data, loss, cfg) -> float:
+    torch.manual_seed(0)
+    device = torch.device(cfg.device)
+    model = job.build_model().to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    objective = job.bind(loss)
+    gen = torch.Generator(device=device).manual_seed(0)
+    n, bs = data.n_train, cfg.batch_size
+    perm, pos = torch.randperm(n, device=device, generator=gen), 0
+    for step in range(cfg.steps):
+        if step == WARMUP:
+            _sync(device)
+            t0 = time.perf_counter()
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, device=device, generator=gen), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        value = objective(model(data.train_x[idx]), data.train_y[idx])
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+    _sync(device)
+    return (cfg.steps - WARMUP) * bs / (time.perf_counter() - t0)
+
+
+def bench_script(job, data, loss, cfg) -> float:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    device = torch.device(cfg.device)
+    model = job.build_model().to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    objective = job.bind(loss)
+    cpu = (data.train_x.cpu(), data.train_y.cpu())
+    loader = DataLoader(TensorDataset(*cpu), batch_size=cfg.batch_size, shuffle=True,
+                        drop_last=True)
+    step, t0 = 0, None
+    while step < cfg.steps:
+        for x, y in loader:
+            if step == WARMUP:
+                t0 = time.perf_counter()
+            x, y = x.to(device), y.to(device)
+            value = objective(model(x), y)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            _ = value.item()  # the tutorial's running-loss print: a sync every step
+            step += 1
+            if step == cfg.steps:
+                break
+    return (cfg.steps - WARMUP) * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def _stats(xs: list[float]) -> str:
+    return f"{min(xs):.3f} / {statistics.median(xs):.3f} / {max(xs):.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", default=",".join(job_names()))
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = str(resolve_device(args.device))
+    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
+          f"{args.steps} timed steps, {args.repeats} interleaved repeats")
+    print(f"{'job':<11}{'loss':<16}{'losscli/s':>11}{'minimal/s':>11}{'script/s':>10}   "
+          f"{'losscli/minimal min/med/max':<29}{'losscli/script min/med/max'}")
+    for name in args.jobs.split(","):
+        try:
+            job = create_job(name)
+            data = job_data(job, device)
+        except Exception as exc:  # e.g. fashion without its data
+            print(f"{name:<11}skipped: {exc}")
+            continue
+        loss = create_loss(job.task.losses[0])
+        cfg = _cfg(job, args.steps, device)
+        runs: dict[str, list[float]] = {"losscli": [], "minimal": [], "script": []}
+        for _ in range(args.repeats):
+            for label, fn in (("losscli", bench_losscli), ("minimal", bench_minimal),
+                              ("script", bench_script)):
+                runs[label].append(fn(job, data, loss, cfg))
+        vs_min = [a / b for a, b in zip(runs["losscli"], runs["minimal"], strict=True)]
+        vs_script = [a / b for a, b in zip(runs["losscli"], runs["script"], strict=True)]
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        print(f"{name:<11}{loss.spec[:15]:<16}{med['losscli']:>11,.0f}{med['minimal']:>11,.0f}"
+              f"{med['script']:>10,.0f}   {_stats(vs_min):<29}{_stats(vs_script)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
