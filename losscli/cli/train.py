@@ -121,7 +121,8 @@ def train(
         "image_size": image_size, "num_classes": num_classes, "fg_fraction": fg_fraction,
         "binary": binary, "pos_ratio": pos_ratio, "sigma": sigma, **_key_values(opt or []),
     }
-    request = JobRequest(task=task, losses=tuple(loss or ()), seeds=tuple(range(first_seed, first_seed + seeds)),
+    request = JobRequest(task=task, losses=tuple(loss or ()),
+                         seeds=tuple(range(first_seed, first_seed + seeds)),
                          overrides=overrides, options=options)
     plan = make_plan([request], dev, bf16)
     job = plan.runs[0].job
