@@ -131,6 +131,14 @@ def test_csv_outliers_shift_training_targets_only(table):
     assert (dirty.train_y - clean.train_y)[dirty.outlier].min() >= 5
 
 
+def test_csv_rows_with_missing_values_are_dropped(tmp_path):
+    rows = [f"{i},{2 * i}" for i in range(20)] + ["3,", ",4"]
+    (tmp_path / "gaps.csv").write_text("x,y\n" + "\n".join(rows) + "\n")
+    d = load_csv_regression(tmp_path / "gaps.csv", "y")
+    assert d.train_x.shape[0] + d.test_x.shape[0] == 20
+    assert "2 rows with missing values dropped" in d.source
+
+
 def test_csv_errors(table, tmp_path):
     with pytest.raises(UsageError, match="no such file"):
         load_csv_regression(tmp_path / "missing.csv", "y")

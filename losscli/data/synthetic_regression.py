@@ -126,14 +126,16 @@ def _check_knobs(n_train, n_test, features, nonlinearity, noise, noise_scale, ou
                                ("features", features, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
-    for name, value, lo, hi in (("nonlinearity", nonlinearity, 0.0, 1.0),
-                                ("outliers", outliers, 0.0, 0.9),
-                                ("noise_scale", noise_scale, 0.0, math.inf)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not lo <= value <= hi:
-            raise UsageError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    _check_number("nonlinearity", nonlinearity, 0.0, 1.0)
+    _check_number("outliers", outliers, 0.0, 0.9)
+    _check_number("noise_scale", noise_scale, 0.0, math.inf)
     if noise not in NOISES:
         raise UsageError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
+
+
+def _check_number(name: str, value, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise UsageError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
 
 
 def load_csv_regression(
@@ -151,9 +153,27 @@ def load_csv_regression(
         UsageError: missing file or column, a non-numeric target, no numeric feature, or
             too few rows.
     """
+    _check_number("outliers", outliers, 0.0, 0.9)
+    path = Path(path)
+    values, note = _read_table(path, target_column)
+    n = values.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    n_test = max(2, round(test_fraction * n))
+    train, test = values[perm[n_test:]], values[perm[:n_test]]
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
+    train, test = (train - mean) / std, (test - mean) / std
+    train_y, outlier = _shift_outliers(train[:, -1], outliers, gen)
+    source = (f"{path.name}: {n - n_test} train / {n_test} test rows, target {target_column!r}, "
+              + note + (f", {_describe_outliers(outlier)}" if outliers else ""))
+    return RegressionData(train[:, :-1].contiguous(), train_y.contiguous(),
+                          test[:, :-1].contiguous(), test[:, -1].contiguous(), outlier, source)
+
+
+def _read_table(path: Path, target_column: str) -> tuple[Tensor, str]:
+    """The numeric feature columns then the target, complete rows only, and a note on them."""
     import pandas as pd
 
-    path = Path(path)
     if not path.is_file():
         raise UsageError(f"--csv {path}: no such file")
     try:
@@ -168,28 +188,14 @@ def load_csv_regression(
         raise UsageError(f"--target {target_column!r} in {path} is not numeric "
                          f"(dtype {table[target_column].dtype})")
     feats = [c for c in numeric if c != target_column]
-    skipped = [str(c) for c in table.columns if c not in numeric]
     if not feats:
         raise UsageError(f"--csv {path}: no numeric feature column besides {target_column!r}")
     used = table[feats + [target_column]].dropna()
-    n = len(used)
-    if n < 10:
-        raise UsageError(f"--csv {path}: {n} complete rows; at least 10 are needed")
-    values = torch.tensor(used.to_numpy(dtype="float64"), dtype=torch.float32)
-    if isinstance(outliers, bool) or not isinstance(outliers, (int, float)) \
-            or not 0 <= outliers <= 0.9:
-        raise UsageError(f"outliers must be a number in [0, 0.9], got {outliers!r}")
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen)
-    n_test = max(2, round(test_fraction * n))
-    train, test = values[perm[n_test:]], values[perm[:n_test]]
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
-    train, test = (train - mean) / std, (test - mean) / std
-    train_y, outlier = _shift_outliers(train[:, -1], outliers, gen)
-    source = (f"{path.name}: {n - n_test} train / {n_test} test rows, target {target_column!r}, "
-              f"{len(feats)} numeric features" + (f" (skipped: {', '.join(skipped)})"
-                                                  if skipped else "")
-              + (f", {len(table) - n} rows with missing values dropped" if n < len(table) else "")
-              + (f", {_describe_outliers(outlier)}" if outliers else ""))
-    return RegressionData(train[:, :-1].contiguous(), train_y.contiguous(),
-                          test[:, :-1].contiguous(), test[:, -1].contiguous(), outlier, source)
+    if len(used) < 10:
+        raise UsageError(f"--csv {path}: {len(used)} complete rows; at least 10 are needed")
+    skipped = [str(c) for c in table.columns if c not in numeric]
+    note = f"{len(feats)} numeric features"
+    note += f" (skipped: {', '.join(skipped)})" if skipped else ""
+    dropped = len(table) - len(used)
+    note += f", {dropped} rows with missing values dropped" if dropped else ""
+    return torch.tensor(used.to_numpy(dtype="float64"), dtype=torch.float32), note
