@@ -133,6 +133,8 @@ def evaluate_finding(finding, runs: pd.DataFrame) -> FindingResult:
     """
     opts = json.dumps({k: str(v) for k, v in sorted(finding.options.items())})
     sel = runs[(runs["job"] == finding.task) & (runs["job_options"] == opts)]
+    if finding.steps is not None:
+        sel = sel[sel["steps"] == finding.steps]
     base = _metric_by_seed(sel, finding.than, finding.metric)
     sign = 1 if finding.maximize else -1
     verdicts, lines = [], []

@@ -75,6 +75,7 @@ class Finding:
     than: str
     maximize: bool
     options: dict[str, Any] = field(default_factory=dict)  # which job variant it reads
+    steps: int | None = None  # which step budget it reads (None: every budget pooled)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,6 @@ def _finding(doc: dict[str, Any], where: str) -> Finding:
         return Finding(id=doc["id"], title=doc["title"], task=doc["task"], metric=doc["metric"],
                        better=tuple(doc["better"]), than=doc["than"],
                        maximize=bool(doc.get("maximize", True)),
-                       options=dict(doc.get("options", {})))
+                       options=dict(doc.get("options", {})), steps=doc.get("steps"))
     except KeyError as exc:
         raise UsageError(f"{where}: missing key {exc}") from None
