@@ -79,17 +79,30 @@ class SmallUNet(nn.Module):
         return self.head(h)
 
 
+_CLI_FLAGS = ("image_size", "num_classes", "fg_fraction", "noise", "binary")
+
+
+def _flag(key: str) -> str:
+    """How the user spells option ``key`` on the command line."""
+    return f"--{key.replace('_', '-')}" if key in _CLI_FLAGS else f"--opt {key}="
+
+
 def _int_option(options: dict[str, Any], key: str, default: int, low: int) -> int:
     value = options.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"--{key.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        raise UsageError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
     return value
 
 
 def _float_option(options: dict[str, Any], key: str, default: float) -> float:
     value = options.get(key, default)
+    if isinstance(value, str):  # --noise is a text option (the reg job names distributions)
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"--{key.replace('_', '-')} must be a number, got {value!r}")
+        raise UsageError(f"{_flag(key)} must be a number, got {value!r}")
     return float(value)
 
 
@@ -134,8 +147,11 @@ class SegmentationJob(Job):
             raise UsageError(f"--fg-fraction must be in (0, 1), got {self.fg_fraction}")
         self.noise = _float_option(o, "noise", 0.1)
         if not self.noise >= 0:
-            raise UsageError(f"--noise must be >= 0 (the pixel noise std), got {self.noise}")
-        self.binary = bool(o.get("binary", False))
+            raise UsageError(f"--noise must be >= 0 (the pixel noise std), got {self.noise:g}")
+        self.binary = o.get("binary", False)
+        if not isinstance(self.binary, bool):
+            raise UsageError(f"--binary takes no value (or --opt binary=true), got "
+                             f"{self.binary!r}")
         self.n_train = _int_option(o, "n_train", 2000, 1)
         self.n_test = _int_option(o, "n_test", 500, 1)
         self.data_seed = _int_option(o, "data_seed", 0, 0)
