@@ -34,7 +34,7 @@ from losscli.losses import Family, Pred, Target
 
 __all__ = ["ImbalancedJob", "subsample_positives"]
 
-_EVAL_BATCH = 2048
+_EVAL_BATCH = {"cpu": 256}  # CPU: 256-image chunks run ~40% faster than 2048 (cache)
 _MEAN_STD = (0.1307, 0.3081)
 _DEFAULTS = {"digit": 8, "pos_ratio": 0.02, "data_seed": 0}
 
@@ -138,7 +138,8 @@ class ImbalancedJob(Job):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
-        logits = torch.cat([model(x).float()[:, 0] for x in data.test_x.split(_EVAL_BATCH)])
+        chunk = _EVAL_BATCH.get(data.test_x.device.type, 2048)
+        logits = torch.cat([model(x).float()[:, 0] for x in data.test_x.split(chunk)])
         return binary_metrics(torch.sigmoid(logits), data.test_y)
 
     def probe(self) -> tuple[Tensor, Tensor]:
