@@ -23,6 +23,7 @@ from losscli.engine import OPTIMIZERS, RunOutcome, TrainConfig, choose_vectorise
 from losscli.errors import UsageError
 from losscli.jobs import Job, JobData, create_job
 from losscli.losses import Loss, create_loss, list_losses, load_plugin
+from losscli.losses.image import MissingWeightsError
 from losscli.results import ResultStore
 from losscli.suite import JobRequest, Overrides
 
@@ -96,7 +97,7 @@ def _loss_problems(job: Job, spec: str) -> tuple[Loss | None, list[str]]:
         output, target = job.probe()
         try:  # bad parameter values (e.g. gamma=-1) fail here, not halfway through a sweep
             job.bind(loss)(output, target)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, MissingWeightsError) as exc:
             problems.append(f"--loss {spec}: {exc}")
     return loss, problems
 
