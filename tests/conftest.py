@@ -11,3 +11,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep tests away from the user's ~/.cache/losscli."""
     monkeypatch.setenv("LOSSCLI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _registry_snapshot(monkeypatch):
+    """Losses a test registers (plugins, replace=True) do not leak into other tests."""
+    from losscli.losses import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))

@@ -11,6 +11,7 @@ Spec grammar (what ``--loss`` takes)::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -369,7 +370,8 @@ def load_plugin(target: str) -> None:
     if target.endswith(".py") or path.is_file():
         if not path.is_file():
             raise UsageError(f"plugin file not found: {target}")
-        mod_name = f"losscli_plugin_{path.stem}"
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        mod_name = f"losscli_plugin_{path.stem}_{digest}"  # one module per file, loaded once
         if mod_name in sys.modules:
             return
         spec = importlib.util.spec_from_file_location(mod_name, path)
