@@ -255,9 +255,9 @@ def gaussian_nll_loss(
         raise ValueError(f"gaussian_nll: eps must be > 0, got {eps}")
     check_reduction(reduction)
     mean, var = pred.unbind(-1)
-    var = var.clone()
-    with torch.no_grad():
-        var.clamp_(min=eps)  # value clamped, gradient straight through (torch's behaviour)
+    # value clamped, gradient straight through (torch's behaviour); out of place, so that
+    # torch.func.vmap (vectorised seeds) can batch it
+    var = var + (var.clamp(min=eps) - var).detach()
     loss = 0.5 * (torch.log(var) + (mean - target) ** 2 / var)
     if full:
         loss = loss + 0.5 * math.log(2 * math.pi)
