@@ -26,7 +26,7 @@ from typing import Any
 import tomllib
 
 from losscli.errors import UsageError
-from losscli.losses.registry import _fmt
+from losscli.losses.registry import format_value
 
 __all__ = ["Finding", "JobRequest", "Overrides", "Suite", "expand_grid", "load_suite"]
 
@@ -114,7 +114,8 @@ def expand_grid(grid: dict[str, Any], where: str) -> list[str]:
         raise UsageError(f"{where}: empty value list in grid for {grid['loss']!r}")
     specs = []
     for combo in itertools.product(*axes):
-        body = ",".join(f"{k}={_fmt(tuple(v) if isinstance(v, list) else v)}" for k, v in combo)
+        body = ",".join(f"{k}={format_value(tuple(v) if isinstance(v, list) else v)}"
+                        for k, v in combo)
         specs.append(grid["loss"] + (f":{body}" if body else ""))
     return specs
 

@@ -14,9 +14,9 @@ app = typer.Typer(help="List losses and tasks.", no_args_is_help=True)
 
 
 def _params(info) -> str:
-    from losscli.losses.registry import _fmt
+    from losscli.losses.registry import format_value
 
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in info.params.items())
+    return ", ".join(f"{k}={format_value(v)}" for k, v in info.params.items())
 
 
 @app.command("losses")

@@ -42,6 +42,7 @@ __all__ = [
     "load_entry_point_plugins",
     "parse_spec",
     "parse_value",
+    "format_value",
     "register_loss",
 ]
 
@@ -178,8 +179,8 @@ class LossTerm:
         """Canonical text: canonical name, parameters sorted, values as parsed."""
         body = self.info.name
         if self.params:
-            body += ":" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(self.params))
-        return body if self.coef == 1.0 else f"{_fmt(self.coef)}*{body}"
+            body += ":" + ",".join(f"{k}={format_value(v)}" for k, v in sorted(self.params))
+        return body if self.coef == 1.0 else f"{format_value(self.coef)}*{body}"
 
 
 @dataclass(frozen=True)
@@ -333,9 +334,9 @@ def _coerce(loss: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     if isinstance(value, tuple):
-        return "[" + ",".join(_fmt(v) for v in value) + "]"
+        return "[" + ",".join(format_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
