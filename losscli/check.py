@@ -29,11 +29,9 @@ BASELINE_COLUMNS = ("variant", "job", "loss", "loss_key", "metric", "maximize", 
 
 
 def _groups(runs):
-    from losscli.results import variant_label
+    from losscli.results import with_variant
 
-    runs = runs.assign(variant=[variant_label(j, o, s) for j, o, s in
-                                zip(runs["job"], runs["job_options"], runs["steps"], strict=True)])
-    return runs.groupby(["variant", "loss_key"], sort=False)
+    return with_variant(runs).groupby(["variant", "loss_key"], sort=False)
 
 
 def _stats(g) -> dict:

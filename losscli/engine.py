@@ -13,7 +13,6 @@ import copy
 import math
 import resource
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +51,6 @@ class TrainConfig:
 class RunOutcome:
     status: str  # ok | diverged | error
     error: str = ""
-    error_trace: str = ""
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     train_loss: list[tuple[int, float]] = field(default_factory=list)
     steps_done: int = 0
@@ -171,7 +169,6 @@ def _guarded(job, data, loss, cfg, seeds, vectorised, on_step) -> list[RunOutcom
         for out in outs:
             out.status = "error"
             out.error = f"{type(exc).__name__}: {exc}"
-            out.error_trace = traceback.format_exc()
     for out in outs:
         out.peak_mem_mb = _peak_mem_mb(device)
     return outs

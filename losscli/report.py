@@ -18,16 +18,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from losscli.results import read_history, read_runs, variant_label  # noqa: E402
+from losscli.results import read_history, read_runs, with_variant  # noqa: E402
 
 __all__ = ["FindingResult", "build_report", "evaluate_finding", "ranking"]
 
 ALPHA = 0.05  # significance level of the Welch t-tests
-
-
-def _with_variant(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs.assign(variant=[variant_label(j, o, s) for j, o, s in
-                                zip(runs["job"], runs["job_options"], runs["steps"], strict=True)])
 
 
 def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
@@ -232,7 +227,7 @@ def _sections(runs, history, out: Path) -> list[Section]:
     from losscli.jobs import create_job
 
     sections = []
-    for i, (variant, group) in enumerate(_with_variant(runs).groupby("variant", sort=False)):
+    for i, (variant, group) in enumerate(with_variant(runs).groupby("variant", sort=False)):
         job = create_job(group["job"].iloc[0])
         metric = group["primary_metric"].iloc[0]
         counts = group["status"].value_counts().to_dict()

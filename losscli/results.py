@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "WriteError", "read_history",
-           "read_runs", "summarize", "variant_label"]
+           "read_runs", "summarize", "variant_label", "with_variant"]
 
 # Documented in the README ("Output columns"); keep the two in step.
 RUN_COLUMNS = (
@@ -189,6 +189,12 @@ def variant_label(job: str, job_options: str, steps: int) -> str:
     return f"{job}{f'[{inner}]' if inner else ''} · {int(steps)} steps"
 
 
+def with_variant(runs):
+    """``runs`` plus a ``variant`` column: the group of comparable runs each belongs to."""
+    return runs.assign(variant=[variant_label(j, o, s) for j, o, s in
+                                zip(runs["job"], runs["job_options"], runs["steps"], strict=True)])
+
+
 def summarize(runs, maximize: dict[str, bool]):
     """One row per (job variant, loss): mean ± std over seeds, ranked by the primary metric
     within each variant (same job, job options and step budget)."""
@@ -196,8 +202,7 @@ def summarize(runs, maximize: dict[str, bool]):
 
     if not len(runs):
         return pd.DataFrame()
-    runs = runs.assign(variant=[variant_label(j, o, s) for j, o, s in
-                                zip(runs["job"], runs["job_options"], runs["steps"], strict=True)])
+    runs = with_variant(runs)
     rows = [_summary_row(job, variant, loss, g) for (job, variant, loss), g in
             runs.groupby(["job", "variant", "loss"], sort=False)]
     df = pd.DataFrame(rows)
