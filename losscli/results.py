@@ -59,7 +59,7 @@ class ResultStore:
         self.shard = shard
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
+            probe = self.root / f".write-test-{os.getpid()}"  # one per process: ranks race
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
