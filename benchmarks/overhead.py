@@ -5,10 +5,11 @@ model with the same loss, optimizer and batch size for the same number of steps:
 
 * ``losscli``: the engine (``losscli.engine.run_one``), its own train-time measurement
   (evals and warm-up excluded, as in runs.csv);
-* ``minimal``: a hand-written loop over the same device-resident data and bound loss, with
-  no logging and no sync but one at the end;
-* ``script``: the PyTorch-tutorial way: a ``DataLoader`` over a ``TensorDataset``
-  (shuffle, per-sample collation) and ``loss.item()`` every step.
+* ``minimal``: a hand-written loop over the same device-resident data, bound loss and model
+  (prepared as the engine prepares it: ``channels_last``), with no logging and no sync but
+  one at the end;
+* ``script``: the PyTorch-tutorial way: the model as built (NCHW), a ``DataLoader`` over
+  a ``TensorDataset`` (shuffle, per-sample collation) and ``loss.item()`` every step.
 
 Prints samples/s of each and the ratios losscli/minimal (target >= 0.97 on CPU, 0.95 on a
 GPU) and losscli/script (target >= 1.0 on CPU, 2 on a GPU): min / median / max over
@@ -21,12 +22,21 @@ repeats.
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from losscli.engine import TrainConfig, _sync, make_optimizer, resolve_device, run_one
+from losscli.engine import (
+    TrainConfig,
+    _sync,
+    make_optimizer,
+    prepare_model,
+    resolve_device,
+    run_one,
+)
 from losscli.jobs import create_job, job_names
 from losscli.losses import create_loss
 from losscli.sweep import job_data
@@ -52,7 +62,7 @@ def bench_losscli(job, data, loss, cfg) -> float:
 def bench_minimal(job, data, loss, cfg) -> float:
     torch.manual_seed(0)
     device = torch.device(cfg.device)
-    model = job.build_model().to(device)
+    model = prepare_model(job.build_model(), device)
     opt = make_optimizer(cfg, model.parameters())
     objective = job.bind(loss)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -113,6 +123,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--csv", type=Path, default=None,
+                    help="also write every sample (job, repeat, way, samples/s) here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,6 +133,7 @@ def main() -> None:
           f"{args.steps} timed steps, {args.repeats} interleaved repeats")
     print(f"{'job':<11}{'loss':<16}{'losscli/s':>11}{'minimal/s':>11}{'script/s':>10}   "
           f"{'losscli/minimal min/med/max':<29}{'losscli/script min/med/max'}")
+    rows: list[tuple] = []
     for name in args.jobs.split(","):
         try:
             job = create_job(name)
@@ -138,8 +151,16 @@ def main() -> None:
         vs_min = [a / b for a, b in zip(runs["losscli"], runs["minimal"], strict=True)]
         vs_script = [a / b for a, b in zip(runs["losscli"], runs["script"], strict=True)]
         med = {k: statistics.median(v) for k, v in runs.items()}
+        rows += [(name, loss.spec, device, torch.get_num_threads(), r, label, f"{v:.1f}")
+                 for label, xs in runs.items() for r, v in enumerate(xs)]
         print(f"{name:<11}{loss.spec[:15]:<16}{med['losscli']:>11,.0f}{med['minimal']:>11,.0f}"
               f"{med['script']:>10,.0f}   {_stats(vs_min):<29}{_stats(vs_script)}", flush=True)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with args.csv.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(("job", "loss", "device", "threads", "repeat", "way", "samples_per_s"))
+            w.writerows(rows)
 
 
 if __name__ == "__main__":

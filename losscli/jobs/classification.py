@@ -9,12 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_fashion, load_mnist
-from losscli.jobs.base import Job, JobData
+from losscli.jobs.base import Job, JobData, eval_chunks
 from losscli.losses import Family, Pred, Target
 
 __all__ = ["FashionJob", "MnistJob", "SmallCNN"]
-
-_EVAL_BATCH = 2048
 
 
 class SmallCNN(nn.Module):
@@ -88,7 +86,7 @@ class _ClassificationJob(Job):
             multiclass_f1_score,
         )
 
-        logits = torch.cat([model(x).float() for x in data.test_x.split(_EVAL_BATCH)])
+        logits = torch.cat([model(x).float() for x in eval_chunks(data.test_x)])
         y, k = data.test_y, self.num_classes
         values = torch.stack([
             multiclass_accuracy(logits, y, num_classes=k, average="micro"),

@@ -28,13 +28,12 @@ from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_mnist
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData
+from losscli.jobs.base import Job, JobData, eval_chunks
 from losscli.jobs.classification import SmallCNN
 from losscli.losses import Family, Pred, Target
 
 __all__ = ["ImbalancedJob", "subsample_positives"]
 
-_EVAL_BATCH = {"cpu": 256}  # CPU: 256-image chunks run ~40% faster than 2048 (cache)
 _MEAN_STD = (0.1307, 0.3081)
 _DEFAULTS = {"digit": 8, "pos_ratio": 0.02, "data_seed": 0}
 
@@ -138,8 +137,7 @@ class ImbalancedJob(Job):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
-        chunk = _EVAL_BATCH.get(data.test_x.device.type, 2048)
-        logits = torch.cat([model(x).float()[:, 0] for x in data.test_x.split(chunk)])
+        logits = torch.cat([model(x).float()[:, 0] for x in eval_chunks(data.test_x)])
         return binary_metrics(torch.sigmoid(logits), data.test_y)
 
     def probe(self) -> tuple[Tensor, Tensor]:
