@@ -14,6 +14,7 @@ one-step runs minus that of one, divided by N - 1 (target <= 0.2 s).
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import subprocess
 import sys
@@ -85,6 +86,8 @@ def fixed_cost_per_run(task: str, n: int = 8, repeats: int = 3) -> tuple[float, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--csv", type=Path, default=None,
+                    help="also write every sample (way, repeat, wall seconds) here")
     args = ap.parse_args()
     runs = len(GRID) * SEEDS
     print(f"grid: {runs} runs ({', '.join(f'{j} {lo}' for j, lo in GRID)}; {SEEDS} seeds; "
@@ -111,10 +114,19 @@ def main() -> None:
         print(f"{label:<20} wall {statistics.median(xs):7.1f} s   speed-up vs shell loop "
               f"min/med/max {min(speed):.2f} / {statistics.median(speed):.2f} / "
               f"{max(speed):.2f}")
+    rows = [(label, r, f"{x:.2f}") for label, xs in times.items() for r, x in enumerate(xs)]
     for task in GRID_LOSS:
         fixed, evals = fixed_cost_per_run(task)
         print(f"fixed cost per run after the first ({task}, one process): {fixed:.3f} s, of "
               f"which the step-0 and final evals {evals:.3f} s; the rest {fixed - evals:.3f} s")
+        rows += [(f"fixed cost per run: {task}", 0, f"{fixed:.4f}"),
+                 (f"fixed cost per run: {task}, evals", 0, f"{evals:.4f}")]
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with args.csv.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(("way", "repeat", "seconds"))
+            w.writerows(rows)
 
 
 if __name__ == "__main__":

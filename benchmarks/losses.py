@@ -122,6 +122,14 @@ def _monai(cls: str, **kwargs) -> Callable[[], Callable]:
     return make
 
 
+def _smp_dice() -> Callable:
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    # the peer with ignore_index support; it zeroes classes absent from the target, so its
+    # values differ from ours (MONAI's convention): a speed peer only
+    return DiceLoss("multiclass", from_logits=True, ignore_index=-100)
+
+
 def _msssim(name: str) -> Callable[[], Callable]:
     def make() -> Callable:
         import pytorch_msssim
@@ -171,6 +179,7 @@ ROWS: list[Row] = [
     Row("diou", "boxes", "torchvision distance_box_iou_loss", _tv("distance_box_iou_loss")),
     Row("ciou", "boxes", "torchvision complete_box_iou_loss", _tv("complete_box_iou_loss")),
     Row("dice", "seg", "monai DiceLoss", _monai("DiceLoss"), _channel_target),
+    Row("dice", "seg", "smp DiceLoss(ignore_index)", _smp_dice),
     Row("jaccard", "seg", "monai DiceLoss(jaccard)", _monai("DiceLoss", jaccard=True),
         _channel_target),
     Row("tversky", "seg", "monai TverskyLoss", _monai("TverskyLoss"), _channel_target),
