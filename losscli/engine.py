@@ -276,26 +276,53 @@ class _SeedSlice(nn.Module):
         return s.functional_call(s.base, (params, buffers), (x,))
 
 
+class _SegmentTimer:
+    """Seconds of training between evals. CUDA: events recorded in the stream, so starting
+    a segment costs no host sync and the time is the GPU's; elsewhere: sync, then
+    ``perf_counter``."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            _sync(self.device)
+            self._start = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()  # the segment's end is a sync point anyway (the eval reads)
+            return self._start.elapsed_time(end) / 1000
+        _sync(self.device)
+        return time.perf_counter() - self._start
+
+
 def _train(trainer, job, data, cfg, device, outs, on_step) -> None:
     """The loop shared by one seed and stacked seeds: timed steps, evals, divergence."""
     evals, warm = _eval_steps(cfg), min(cfg.warmup_steps, cfg.steps - 1)
     models, live = trainer.models(), list(range(len(outs)))
     for k in live:
         outs[k].evals.append((0, _evaluate(job, models[k], data)))
-    running, since, t0, last = torch.zeros(len(outs), device=device), 0, None, 0
+    running, since, last = torch.zeros(len(outs), device=device), 0, 0
+    timer, timing = _SegmentTimer(device), False
     for step in range(1, cfg.steps + 1):
         if step == warm + 1:
-            _sync(device)
-            t0 = time.perf_counter()
+            timer.start()
+            timing = True
         running += trainer.step()
         since += 1
         if on_step is not None:
             on_step(step)
         if step not in evals:
             continue
-        if t0 is not None:
-            _sync(device)
-            elapsed = time.perf_counter() - t0
+        if timing:
+            elapsed = timer.stop()
             for k in live:  # stacked seeds share the time evenly
                 outs[k].train_seconds += elapsed / len(outs)
                 outs[k].timed_samples += (step - max(warm, last)) * cfg.batch_size
@@ -313,7 +340,9 @@ def _train(trainer, job, data, cfg, device, outs, on_step) -> None:
                 outs[k].evals.append((step, _evaluate(job, models[k], data)))
         if not live:
             return
-        t0 = time.perf_counter() if step < cfg.steps else None
+        timing = step < cfg.steps and step > warm
+        if timing:
+            timer.start()  # after the evals, which ended with a host sync
     for k, ms in zip(live, [trainer.loss_ms()[k] for k in live], strict=True):
         outs[k].loss_ms_per_step = ms
 
