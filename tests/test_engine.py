@@ -142,3 +142,29 @@ def test_calibration_falls_back_when_vmap_cannot_batch(job_data, scratch_registr
 
     job, data = job_data
     assert not choose_vectorised(job, data, create_loss("host_sync"), CFG, [0, 1])
+
+
+def test_calibration_once_per_job_and_loss_support_per_loss(job_data, monkeypatch):
+    import losscli.engine as engine
+
+    calls = []
+
+    def fake_calibrate(job, data, loss, cfg, seeds, steps):
+        calls.append(loss.key)
+        return True  # "vectorised is faster" for this job
+
+    monkeypatch.setattr(engine, "_CHOICE", {})
+    monkeypatch.setattr(engine, "_BATCHES", {})
+    monkeypatch.setattr(engine, "_calibrate", fake_calibrate)
+
+    @register_loss("host_sync2", family="classification", pred="logits", target="index",
+                   description="reads a value on the host", reference="test")
+    def host_sync2(pred, target, *, reduction="mean"):
+        value = torch.nn.functional.cross_entropy(pred, target)
+        return value * 2 if value.item() > 100 else value
+
+    job, data = job_data
+    assert engine.choose_vectorised(job, data, create_loss("ce"), CFG, [0, 1])
+    assert engine.choose_vectorised(job, data, create_loss("focal:gamma=2"), CFG, [0, 1])
+    assert not engine.choose_vectorised(job, data, create_loss("host_sync2"), CFG, [0, 1])
+    assert calls == ["ce"]  # one timing per job and settings; support checked per loss
