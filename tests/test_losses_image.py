@@ -258,6 +258,71 @@ def test_psnr_rejects_bad_arguments(kwargs):
         psnr_loss(x, y, **kwargs)
 
 
+# ------------------------------------------------- SSIM / MS-SSIM / PSNR: gradient paths
+
+# SSIM and MS-SSIM have a hand-written backward: check it wrt both inputs, under
+# torch.func.vmap (the engine vmaps the loss over seeds) and on channels-last images.
+_GRAD_CASES = [
+    ("ssim", ssim_loss, (2, 3, 24, 20), {"win_size": 7}),
+    ("ms_ssim", ms_ssim_loss, (2, 2, 40, 37), {"weights": (0.2, 0.3, 0.5), "win_size": 3}),
+    ("psnr", psnr_loss, (2, 3, 8, 9), {}),
+]
+
+
+def _reference(name: str, kwargs: dict):
+    if name == "ssim":
+        return lambda a, b: 1 - pytorch_msssim.ssim(a, b, data_range=1, win_size=7)
+    if name == "ms_ssim":
+        return lambda a, b: 1 - pytorch_msssim.ms_ssim(a, b, **_ms_ref_kw(kwargs))
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    return lambda a, b: -tm.peak_signal_noise_ratio(a, b, data_range=1.0, dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize(("name", "fn", "shape", "kwargs"), _GRAD_CASES)
+def test_gradients_wrt_pred_and_target_match_reference(name, fn, shape, kwargs):
+    x, y = _pair(shape, noise=0.05)
+    grads = []
+    for f in (lambda a, b: fn(a, b, **kwargs), _reference(name, kwargs)):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        grads.append(torch.autograd.grad(f(a, b), (a, b)))
+    for g, g_ref in zip(*grads, strict=True):
+        _close(g, g_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "fn", "shape", "kwargs"), _GRAD_CASES)
+def test_gradcheck_float64_wrt_pred_and_target(name, fn, shape, kwargs):
+    x, y = _pair((1, 1, 9, 10) if name == "ssim" else shape, dtype=torch.float64, noise=0.05)
+    x.requires_grad_()
+    y.requires_grad_()
+    kw = {**kwargs, "win_size": 5} if name == "ssim" else kwargs
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, **kw), (x, y), fast_mode=True)
+
+
+@pytest.mark.parametrize(("name", "fn", "shape", "kwargs"), _GRAD_CASES)
+def test_vmap_over_seeds_matches_loop(name, fn, shape, kwargs):
+    from torch.func import grad, vmap
+
+    pairs = [_pair(shape, seed=s) for s in range(3)]
+    x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def one(a: Tensor, b: Tensor) -> Tensor:
+        return fn(a, b, **kwargs)
+
+    _close(vmap(one)(x, y), torch.stack([one(a, b) for a, b in pairs]))
+    _close(vmap(grad(one))(x, y), torch.stack([grad(one)(a, b) for a, b in pairs]), atol=1e-7)
+
+
+@pytest.mark.parametrize(("name", "fn", "shape", "kwargs"), _GRAD_CASES)
+def test_channels_last_images(name, fn, shape, kwargs):
+    x, y = _pair(shape)
+    v, g = _grad(lambda a, b: fn(a, b, **kwargs), x, y)
+    cl = torch.channels_last
+    v_cl, g_cl = _grad(lambda a, b: fn(a, b, **kwargs), x.contiguous(memory_format=cl),
+                       y.contiguous(memory_format=cl))
+    _close(v_cl, v)
+    _close(g_cl, g, atol=1e-7)
+
+
 # --------------------------------------------------------------------------- weights
 
 
