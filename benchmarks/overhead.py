@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _jobs import jobs_with_data
 
 from losscli.engine import (
     TrainConfig,
@@ -37,9 +38,8 @@ from losscli.engine import (
     resolve_device,
     run_one,
 )
-from losscli.jobs import create_job, job_names
+from losscli.jobs import job_names
 from losscli.losses import create_loss
-from losscli.sweep import job_data
 
 WARMUP = 5
 
@@ -134,13 +134,8 @@ def main() -> None:
     print(f"{'job':<11}{'loss':<16}{'losscli/s':>11}{'minimal/s':>11}{'script/s':>10}   "
           f"{'losscli/minimal min/med/max':<29}{'losscli/script min/med/max'}")
     rows: list[tuple] = []
-    for name in args.jobs.split(","):
-        try:
-            job = create_job(name)
-            data = job_data(job, device)
-        except Exception as exc:  # e.g. fashion without its data
-            print(f"{name:<11}skipped: {exc}")
-            continue
+    for job, data in jobs_with_data(args.jobs, device):
+        name = job.name
         loss = create_loss(job.task.losses[0])
         cfg = _cfg(job, args.steps, device)
         runs: dict[str, list[float]] = {"losscli": [], "minimal": [], "script": []}

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _jobs import jobs_with_data
 
 from losscli.engine import TrainConfig, resolve_device
-from losscli.jobs import create_job, job_names
+from losscli.jobs import job_names
 from losscli.losses import create_loss
 from losscli.profiling import profile_steps
-from losscli.sweep import job_data
 
 
 def main() -> None:
@@ -36,13 +36,8 @@ def main() -> None:
     device = str(resolve_device(args.device))
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"{args.steps} profiled steps (profiler overhead included)")
-    for name in args.jobs.split(","):
-        try:
-            job = create_job(name)
-            data = job_data(job, device)
-        except Exception as exc:  # e.g. fashion without its data
-            print(f"\n{name}: skipped: {exc}")
-            continue
+    for job, data in jobs_with_data(args.jobs, device):
+        name = job.name
         loss = create_loss(args.loss or job.task.losses[0])
         b = job.task.budget
         cfg = TrainConfig(steps=args.steps, batch_size=b.batch_size, lr=b.lr,
