@@ -70,6 +70,8 @@ class LossInfo:
     aliases: tuple[str, ...] = ()
     differentiable: bool = True
     source: str = "losscli"
+    # Inputs the job must supply, each passed as the keyword of that name (e.g. "class_counts").
+    needs: frozenset[str] = frozenset()
 
     @property
     def params(self) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def register_loss(
     aliases: Sequence[str] = (),
     differentiable: bool = True,
     replace: bool = False,
+    needs: Sequence[str] = (),
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator registering ``fn(pred, target, *, <params>, reduction="mean")``.
 
@@ -120,6 +123,7 @@ def register_loss(
             aliases=tuple(aliases),
             differentiable=differentiable,
             source=fn.__module__ if not fn.__module__.startswith("losscli.") else "losscli",
+            needs=frozenset(needs),
         )
         _add(info, replace)
         return fn
