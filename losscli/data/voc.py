@@ -13,12 +13,18 @@
 Boxes come back as float ``(x1, y1, x2, y2)`` in pixels of the resized ``image_size``
 square image; VOC's 1-based inclusive pixel boxes map to ``(xmin - 1, ymin - 1, xmax,
 ymax)``. Objects marked ``difficult`` are dropped, as are objects of other classes.
+
+The split's file lists come from ``VOCDetection`` and each annotation goes through its
+``parse_voc_xml``, but the XML itself is parsed by ``defusedxml`` (entities and external
+references refused, size and depth bounded), and every malformed file (XML, ``<size>``,
+coordinates, a missing or unreadable image) is a ``UsageError`` naming the file and rule.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -29,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from losscli.data.mnist import cache_dir, load_mnist
@@ -65,21 +71,153 @@ class DetectionSplit:
 
 # --------------------------------------------------------------------------- reading
 
+# A VOC annotation is about 1 KB and nests 5 elements deep (annotation/object/part/bndbox/
+# xmin); anything far beyond is not one, and torchvision's dict conversion recurses per level.
+_MAX_XML_BYTES = 1 << 20
+_MAX_XML_DEPTH = 16
 
-def _objects(target: dict, classes: Sequence[str]) -> tuple[list[list[float]], list[int], int,
-                                                            int]:
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _xml_depth(root: ET.Element) -> int:
+    deepest, stack = 0, [(root, 1)]
+    while stack:  # iterative: a hostile file may nest far deeper than Python recursion
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node)
+    return deepest
+
+
+def _read_annotation(path: Path) -> dict:
+    """The ``<annotation>`` of one XML file as torchvision's dict, parsed by defusedxml.
+
+    Entities, external references, oversized and over-deep files are refused, not expanded.
+    """
+    import defusedxml.ElementTree as DET
+    from defusedxml import DefusedXmlException
+    from torchvision.datasets import VOCDetection
+
+    try:
+        if path.stat().st_size > _MAX_XML_BYTES:
+            raise UsageError(f"VOC annotation {path} is larger than {_MAX_XML_BYTES} bytes; "
+                             "a VOC annotation is a few KB")
+        root = DET.parse(path).getroot()
+    except DefusedXmlException as exc:  # billion laughs, quadratic blow-up, XXE
+        name = getattr(exc, "name", None) or getattr(exc, "sysid", None)
+        raise UsageError(f"VOC annotation {path} refused: {type(exc).__name__}"
+                         f"{f' ({name!r})' if name else ''}; XML entities and external "
+                         "references are not expanded, and VOC annotations have none") from None
+    except ET.ParseError as exc:
+        what = "is empty" if path.stat().st_size == 0 else f"is not well-formed XML ({exc})"
+        raise UsageError(f"VOC annotation {path} {what}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read VOC annotation {path}: {exc.strerror or exc}") from None
+    if root.tag != "annotation":
+        raise UsageError(f"VOC annotation {path}: the root element is <{root.tag[:40]}>, not "
+                         "<annotation>")
+    depth = _xml_depth(root)
+    if depth > _MAX_XML_DEPTH:
+        raise UsageError(f"VOC annotation {path} nests elements {depth} deep; a VOC annotation "
+                         f"nests 5 (at most {_MAX_XML_DEPTH} accepted)")
+    ann = VOCDetection.parse_voc_xml(root).get("annotation")
+    return ann if isinstance(ann, dict) else {}
+
+
+def _number(parent: object, key: str, where: str, path: Path) -> float:
+    """The finite number in ``<key>`` of ``parent`` (a dict from ``parse_voc_xml``)."""
+    text = parent.get(key) if isinstance(parent, dict) else None
+    if not isinstance(text, str) or not text:
+        raise UsageError(f"VOC annotation {path}: {where} needs one <{key}> with a number, got "
+                         f"{'none' if text is None else _short(text)}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"VOC annotation {path}: <{key}> of {where} is {_short(text)}, not a "
+                         "number") from None
+    if not math.isfinite(value):
+        raise UsageError(f"VOC annotation {path}: <{key}> of {where} is {text!r}; it must be a "
+                         "finite number")
+    return value
+
+
+def _image_size(ann: dict, path: Path) -> tuple[float, float]:
+    size = ann.get("size")
+    if not isinstance(size, dict):
+        raise UsageError(f"VOC annotation {path} has no <size> with <width> and <height>")
+    width, height = (_number(size, key, "<size>", path) for key in ("width", "height"))
+    if width <= 0 or height <= 0:
+        raise UsageError(f"VOC annotation {path}: <size> is {width:g}x{height:g}; width and "
+                         "height must be > 0")
+    return width, height
+
+
+def _box(obj: dict, where: str, width: float, height: float, path: Path) -> list[float]:
+    """VOC's 1-based inclusive pixel box as continuous xyxy, clipped to the image."""
+    bb = obj.get("bndbox")
+    if not isinstance(bb, dict):
+        raise UsageError(f"VOC annotation {path}: {where} has no <bndbox>")
+    xmin, ymin, xmax, ymax = (_number(bb, k, where, path) for k in ("xmin", "ymin", "xmax", "ymax"))
+    if xmax < xmin or ymax < ymin:
+        raise UsageError(f"VOC annotation {path}: {where} has an empty box (xmin={xmin:g}, "
+                         f"xmax={xmax:g}, ymin={ymin:g}, ymax={ymax:g}); VOC boxes are 1-based "
+                         "inclusive, so xmin <= xmax and ymin <= ymax")
+    x1, y1 = max(xmin - 1, 0.0), max(ymin - 1, 0.0)
+    x2, y2 = min(xmax, width), min(ymax, height)
+    if x2 <= x1 or y2 <= y1:
+        raise UsageError(f"VOC annotation {path}: {where} lies outside the {width:g}x{height:g} "
+                         "image given by <size>")
+    return [x1, y1, x2, y2]
+
+
+def _objects(ann: dict, classes: Sequence[str], path: Path) -> tuple[list[list[float]],
+                                                                      list[int], float, float]:
     """Boxes (VOC pixels → continuous xyxy) and labels of the wanted, non-difficult objects."""
-    ann = target["annotation"]
-    width, height = int(ann["size"]["width"]), int(ann["size"]["height"])
+    width, height = _image_size(ann, path)
     boxes, labels = [], []
-    for obj in ann.get("object", []):
-        if obj["name"] not in classes or str(obj.get("difficult", "0")) == "1":
+    for i, obj in enumerate(ann.get("object", []), 1):
+        name = obj.get("name") if isinstance(obj, dict) else None
+        if not isinstance(name, str):
+            raise UsageError(f"VOC annotation {path}: <object> {i} has no <name>")
+        if name not in classes or str(obj.get("difficult", "0")) == "1":
             continue
-        bb = obj["bndbox"]
-        xmin, ymin, xmax, ymax = (float(bb[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
-        boxes.append([xmin - 1, ymin - 1, xmax, ymax])
-        labels.append(classes.index(obj["name"]) + 1)
+        boxes.append(_box(obj, f"<object> {i} ({_short(name)})", width, height, path))
+        labels.append(classes.index(name) + 1)
     return boxes, labels, width, height
+
+
+def _read_image(path: Path, width: float, height: float, annotation: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            image = img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        reason = "unknown format" if isinstance(exc, UnidentifiedImageError) else exc
+        raise UsageError(f"VOC image {path} is not a readable image ({reason})") from None
+    if image.size != (round(width), round(height)):
+        raise UsageError(f"VOC image {path} is {image.width}x{image.height} but <size> in "
+                         f"{annotation} says {width:g}x{height:g}; its boxes would not match")
+    return image
+
+
+def _split_ids(ds, split_file: Path) -> list[tuple[str, Path, Path]]:
+    """``(id, annotation, image)`` per ID of the split file; blank lines skipped."""
+    ann_dir = split_file.parents[2] / "Annotations"
+    rows = []
+    for line, (ann, img) in enumerate(zip(ds.annotations, ds.images, strict=True), 1):
+        try:
+            image_id = str(Path(ann).relative_to(ann_dir))[:-len(".xml")]
+        except ValueError:  # an absolute ID replaced the folder in os.path.join
+            image_id = ann[:-len(".xml")]
+        if not image_id:
+            continue
+        if not image_id.isprintable() or "/" in image_id or "\\" in image_id or \
+                image_id.startswith("."):
+            raise UsageError(f"{split_file} line {line}: image ID {_short(image_id)} is not a "
+                             "file name (no '/', '\\', leading '.' or control characters)")
+        rows.append((image_id, Path(ann), Path(img)))
+    return rows
 
 
 def read_voc(
@@ -90,45 +228,59 @@ def read_voc(
     image_size: int,
     max_images: int | None = None,
     download: bool = False,
+    min_images: int = 1,
 ) -> DetectionSplit:
-    """Read one split through ``torchvision.datasets.VOCDetection``.
+    """Read one split through ``torchvision.datasets.VOCDetection``'s file lists.
 
     Keeps the images holding at least one (non-difficult) object of ``classes``, the first
     ``max_images`` of them in the split's order, resized to ``image_size`` square (boxes
-    scaled with them).
+    scaled with them). Malformed files (XML, sizes, coordinates, images, missing files) and
+    a split with fewer than ``min_images`` usable images raise ``UsageError`` naming the
+    file and the rule; annotation XML is parsed by defusedxml (no entity expansion).
     """
     from torchvision.datasets import VOCDetection
     from torchvision.transforms.functional import pil_to_tensor
 
+    split_file = (Path(root).expanduser() / "VOCdevkit" / f"VOC{year}" / "ImageSets" / "Main"
+                  / f"{image_set}.txt")
     try:
         ds = VOCDetection(str(root), year=year, image_set=image_set, download=download)
-    except (RuntimeError, FileNotFoundError) as exc:
+    except (RuntimeError, OSError) as exc:
         raise UsageError(
             f"no VOC{year} {image_set!r} split under {root}/VOCdevkit/VOC{year} ({exc}); "
             "point --data-dir at the folder holding VOCdevkit, or add --download when online"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{split_file} is not a text list of image IDs ({exc})") from None
+    rows = _split_ids(ds, split_file)
+    if not rows:
+        raise UsageError(f"{split_file} lists no image IDs; put one ID per line")
     images, all_boxes, all_labels, ids = [], [], [], []
-    for i in range(len(ds)):
-        # VOCDetection.__getitem__ in two steps: the XML first, so that images without a
-        # wanted object decode no JPEG
-        target = ds.parse_voc_xml(ET.parse(ds.annotations[i]).getroot())
-        boxes, labels, width, height = _objects(target, classes)
+    for image_id, ann_path, img_path in rows:
+        for kind, path in (("annotation", ann_path), ("image", img_path)):
+            if not path.is_file():
+                raise UsageError(f"image ID {image_id!r} in {split_file} has no {kind} {path}")
+        # the XML first, so that images without a wanted object decode no JPEG
+        boxes, labels, width, height = _objects(_read_annotation(ann_path), classes, ann_path)
         if not boxes:
             continue
-        with Image.open(ds.images[i]) as img:
-            image = img.convert("RGB")
+        image = _read_image(img_path, width, height, ann_path)
         scale = torch.tensor([image_size / width, image_size / height] * 2)
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.BILINEAR)
         images.append(pil_to_tensor(image))
         all_boxes.append(torch.tensor(boxes, dtype=torch.float32) * scale)
         all_labels.append(torch.tensor(labels, dtype=torch.int64))
-        ids.append(Path(ds.images[i]).stem)
+        ids.append(image_id)
         if max_images is not None and len(ids) >= max_images:
             break
     if not ids:
         raise UsageError(f"no image of VOC{year} {image_set!r} under {root} holds any of the "
                          f"classes {', '.join(classes)}")
+    if len(ids) < min_images:
+        raise UsageError(f"VOC{year} {image_set!r} under {root} has {len(ids)} image(s) holding "
+                         f"the classes {', '.join(classes)}; {min_images} are needed: lower "
+                         f"--batch-size to at most {len(ids)}, or add images to {split_file}")
     return DetectionSplit(torch.stack(images), all_boxes, all_labels, ids)
 
 

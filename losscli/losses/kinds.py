@@ -11,7 +11,19 @@ from enum import Enum
 __all__ = ["Family", "Pred", "Target"]
 
 
-class Pred(str, Enum):
+class _Kind(str, Enum):
+    """A declared kind; an unknown value is refused with the allowed ones."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> None:
+        allowed = ", ".join(m.value for m in cls)
+        raise ValueError(f"{value!r} is not a valid {cls.__name__.lower()}; choose from: {allowed}")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Pred(_Kind):
     """The kind of tensor a loss expects as ``pred``."""
 
     LOGITS = "logits"  # unnormalised scores; class dim 1 ([N, C] or [N, C, *])
@@ -23,11 +35,8 @@ class Pred(str, Enum):
     IMAGES = "images"  # images [N, C, H, W] in [0, 1]
     DETECTIONS = "detections"  # (box offsets [B, A, 4], class logits [B, A, C])
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Target(str, Enum):
+class Target(_Kind):
     """The kind of tensor a loss expects as ``target``."""
 
     INDEX = "index"  # integer class indices, shape of pred without dim 1
@@ -37,11 +46,8 @@ class Target(str, Enum):
     IMAGES = "images"  # images [N, C, H, W] in [0, 1]
     DETECTIONS = "detections"  # (encoded offsets [B, A, 4], labels [B, A]; 0 = background)
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Family(str, Enum):
+class Family(_Kind):
     CLASSIFICATION = "classification"
     BINARY = "binary"
     REGRESSION = "regression"
@@ -49,6 +55,3 @@ class Family(str, Enum):
     BOXES = "boxes"
     DETECTION = "detection"
     IMAGE = "image"
-
-    def __str__(self) -> str:
-        return self.value

@@ -17,7 +17,9 @@ import importlib.util
 import inspect
 import math
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -226,16 +228,47 @@ def create_loss(spec: str) -> Loss:
     return Loss(spec=spec.strip(), terms=terms)
 
 
+# Bounds on a spec: the longest in the repository's tasks and tests is 64 characters and
+# nests lists once; the bounds only stop hostile input (and RecursionError) early.
+_MAX_SPEC_CHARS = 1000
+_MAX_LIST_DEPTH = 4
+_INT64_MAX = 2**63 - 1  # integer parameters reach torch's C++ as int64
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _check_text(text: str, what: str) -> None:
+    """Refuse text that is too long or holds control characters (before any parsing)."""
+    if len(text) > _MAX_SPEC_CHARS:
+        raise LossSpecError(f"{what} {_clip(text)} is {len(text)} characters long; at most "
+                            f"{_MAX_SPEC_CHARS}")
+    if not text.isprintable():
+        bad = next(i for i, ch in enumerate(text) if not ch.isprintable())
+        raise LossSpecError(f"{what} {_clip(text)} holds a control character ({text[bad]!r}) at "
+                            f"position {bad}")
+
+
 def parse_spec(spec: str) -> list[tuple[float, str, dict[str, Any]]]:
-    """Split a spec into ``(coef, name, raw params)`` triples without resolving names."""
-    if not isinstance(spec, str) or not spec.strip():
+    """Split a spec into ``(coef, name, raw params)`` triples without resolving names.
+
+    Refused with a ``LossSpecError`` naming the rule: a spec over 1,000 characters,
+    control characters, empty terms, non-finite coefficients and the value errors of
+    :func:`parse_value`.
+    """
+    if not isinstance(spec, str):
+        raise LossSpecError(f"a loss spec is text, got {type(spec).__name__} {_clip(str(spec))}")
+    if not spec.strip():
         raise LossSpecError("empty loss spec")
+    _check_text(spec, "loss spec")
     return [_parse_term(t.strip(), spec) for t in _split_top(spec.strip(), "+")]
 
 
 def _parse_term(text: str, spec: str) -> tuple[float, str, dict[str, Any]]:
     if not text:
-        raise LossSpecError(f"empty term in loss spec {spec!r}")
+        raise LossSpecError(f"empty term in loss spec {_clip(spec)}; terms are joined by one '+'")
     coef = 1.0
     head, _, tail = text.partition(":")
     if "*" in head:
@@ -244,25 +277,31 @@ def _parse_term(text: str, spec: str) -> tuple[float, str, dict[str, Any]]:
             coef = float(coef_text)
         except ValueError:
             raise LossSpecError(
-                f"bad coefficient {coef_text!r} in {text!r}; write e.g. '0.5*ce'"
+                f"bad coefficient {_clip(coef_text)} in {_clip(text)}; write e.g. '0.5*ce'"
             ) from None
         if not math.isfinite(coef):
-            raise LossSpecError(f"coefficient must be finite in {text!r}")
+            raise LossSpecError(f"coefficient must be finite in {_clip(text)}")
     name = head.strip()
+    if not name:
+        raise LossSpecError(f"missing loss name in {_clip(text)} of loss spec {_clip(spec)}")
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
-        raise LossSpecError(f"bad loss name {name!r} in loss spec {spec!r}")
+        raise LossSpecError(f"bad loss name {_clip(name)} in loss spec {_clip(spec)}")
     params: dict[str, Any] = {}
     if tail.strip():
         for item in _split_top(tail, ","):
             key, eq, value = item.partition("=")
             key = key.strip()
             if not eq or not key or not value.strip():
-                raise LossSpecError(f"bad parameter {item.strip()!r} in {text!r}; write key=value")
+                raise LossSpecError(f"bad parameter {_clip(item.strip())} in {_clip(text)}; "
+                                    "write key=value")
             if key in params:
-                raise LossSpecError(f"parameter {key!r} given twice in {text!r}")
-            params[key] = parse_value(value.strip())
+                raise LossSpecError(f"parameter {key!r} given twice in {_clip(text)}")
+            try:
+                params[key] = parse_value(value.strip())
+            except LossSpecError as exc:
+                raise LossSpecError(f"parameter {key!r} of {name!r}: {exc}") from None
     elif ":" in text:
-        raise LossSpecError(f"missing parameters after ':' in {text!r}")
+        raise LossSpecError(f"missing parameters after ':' in {_clip(text)}")
     return coef, name, params
 
 
@@ -275,22 +314,45 @@ def _split_top(text: str, sep: str) -> list[str]:
         elif ch == "]":
             depth -= 1
             if depth < 0:
-                raise LossSpecError(f"unbalanced ']' in {text!r}")
+                raise LossSpecError(f"unbalanced ']' in {_clip(text)}")
         elif ch == sep and depth == 0:
             if sep == "+" and i >= 2 and text[i - 1] in "eE" and text[i - 2].isdigit():
                 continue
             parts.append(text[start:i])
             start = i + 1
     if depth:
-        raise LossSpecError(f"unbalanced '[' in {text!r}")
+        raise LossSpecError(f"unbalanced '[' in {_clip(text)}")
     parts.append(text[start:])
     return parts
 
 
 def parse_value(text: str) -> Any:
+    """A parameter value: ``[a,b]`` → tuple, true/false, none, int, float, else the text.
+
+    Refused with a ``LossSpecError``: text over 1,000 characters or with control
+    characters, lists nested more than 4 deep, stray brackets, empty list elements,
+    integers outside int64 and non-finite numbers (``inf``, ``nan``, ``1e999``).
+    """
+    _check_text(text, "value")
+    depth = deepest = 0
+    for ch in text:  # checked before the recursive descent, which never goes deeper
+        depth += (ch == "[") - (ch == "]")
+        deepest = max(deepest, depth)
+    if deepest > _MAX_LIST_DEPTH:
+        raise LossSpecError(f"value {_clip(text)} nests lists {deepest} deep; at most "
+                            f"{_MAX_LIST_DEPTH}")
+    return _parse_value(text)
+
+
+def _parse_value(text: str) -> Any:
     if text.startswith("[") and text.endswith("]"):
         inner = text[1:-1].strip()
-        return tuple(parse_value(v.strip()) for v in _split_top(inner, ",")) if inner else ()
+        items = [v.strip() for v in _split_top(inner, ",")] if inner else []
+        if "" in items:
+            raise LossSpecError(f"empty element in list {_clip(text)}")
+        return tuple(_parse_value(v) for v in items)
+    if "[" in text or "]" in text:
+        raise LossSpecError(f"stray bracket in value {_clip(text)}; a list is written [a,b]")
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -298,9 +360,16 @@ def parse_value(text: str) -> Any:
         return None
     for cast in (int, float):
         try:
-            return cast(text)
+            number = cast(text)
         except ValueError:
-            pass
+            continue
+        if isinstance(number, int) and abs(number) > _INT64_MAX:
+            raise LossSpecError(f"integer {_clip(text)} is out of range; integers must fit in "
+                                "int64 (|x| < 2**63)")
+        if not math.isfinite(number):
+            raise LossSpecError(f"value {_clip(text)} is not a finite number; parameters must "
+                                "be finite")
+        return number
     return text
 
 
@@ -351,30 +420,49 @@ def format_value(value: Any) -> str:
 # --------------------------------------------------------------------------- plugins
 
 _ENTRY_POINTS_LOADED = False
+_ENTRY_POINTS_ERROR: UsageError | None = None  # a broken entry point fails every call
 
 
 def load_entry_point_plugins() -> None:
     """Import every plugin declared under the ``losscli.losses`` entry-point group, once.
 
     An entry point names a module (which registers losses on import) or a callable that
-    takes no arguments and registers them.
+    takes no arguments and registers them. One that fails is a ``UsageError`` naming it
+    and the cause, raised again on every later call; its registrations are undone.
     """
-    global _ENTRY_POINTS_LOADED
+    global _ENTRY_POINTS_LOADED, _ENTRY_POINTS_ERROR
+    if _ENTRY_POINTS_ERROR is not None:
+        raise _ENTRY_POINTS_ERROR
     if _ENTRY_POINTS_LOADED:
         return
     _ENTRY_POINTS_LOADED = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if callable(obj) and not inspect.ismodule(obj):
-            obj()
+        label = f"entry point {getattr(ep, 'name', '?')} = {getattr(ep, 'value', ep)!r}"
+        try:
+            with _plugin_guard(label, getattr(ep, "module", "")):
+                obj = ep.load()
+                if callable(obj) and not inspect.ismodule(obj):
+                    obj()
+        except UsageError as exc:
+            _ENTRY_POINTS_ERROR = exc
+            raise
 
 
 def load_plugin(target: str) -> None:
-    """Load a ``--plugin``: a path to a ``.py`` file or an importable module name."""
+    """Load a ``--plugin``: a path to a ``.py`` file or an importable module name.
+
+    Whatever goes wrong while it loads (an exception, a syntax error, ``sys.exit``, a name
+    clash, a bad ``register_loss`` declaration) is a ``UsageError`` naming the plugin, its
+    line and the first line of the cause; the losses it registered before failing are
+    removed again.
+    """
     path = Path(target)
     if target.endswith(".py") or path.is_file():
         if not path.is_file():
-            raise UsageError(f"plugin file not found: {target}")
+            what = "is not a file" if path.exists() else "not found"
+            raise UsageError(f"plugin file {target} {what}")
+        if path.suffix != ".py":
+            raise UsageError(f"plugin file {target} is not a .py file")
         digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
         mod_name = f"losscli_plugin_{path.stem}_{digest}"  # one module per file, loaded once
         if mod_name in sys.modules:
@@ -383,12 +471,62 @@ def load_plugin(target: str) -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         try:
-            spec.loader.exec_module(module)
-        except Exception:
+            with _plugin_guard(target, mod_name, path):
+                spec.loader.exec_module(module)
+        except BaseException:
             del sys.modules[mod_name]
             raise
         return
-    try:
+    if not all(part.isidentifier() for part in target.split(".")):
+        raise UsageError(f"plugin {target!r} is neither a .py file nor a module name")
+    with _plugin_guard(target, target):
         importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        raise UsageError(f"plugin {target!r} is neither a .py file nor importable: {exc}") from None
+
+
+@contextmanager
+def _plugin_guard(origin: str, module: str, path: Path | None = None) -> Iterator[None]:
+    """Run a plugin's loading; on failure undo its registrations and raise a UsageError."""
+    saved = dict(_REGISTRY), dict(_ALIASES)
+    try:
+        yield
+    except BaseException as exc:
+        for live, before in zip((_REGISTRY, _ALIASES), saved, strict=True):
+            live.clear()
+            live.update(before)
+        if isinstance(exc, (Exception, SystemExit)):  # KeyboardInterrupt stays itself
+            raise _plugin_error(origin, module, path, exc) from exc
+        raise
+
+
+def _plugin_error(origin: str, module: str, path: Path | None,
+                  exc: BaseException) -> UsageError:
+    """``plugin <origin> failed at line <n>: <Type>: <first line of the message>``."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name and f"{module}.".startswith(
+            f"{exc.name}."):
+        return UsageError(f"plugin {origin} is neither a .py file nor importable: {exc}")
+    if isinstance(exc, SystemExit):
+        cause = f"it called sys.exit({exc.code!r}); a plugin only registers losses"
+    else:
+        message = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        first = next((line.strip() for line in str(message).splitlines() if line.strip()), "")
+        cause = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    file, line = _plugin_line(module, exc)
+    if line is None:
+        where = ""
+    elif path is not None and file and Path(file).resolve() == path.resolve():
+        where = f" at line {line}"
+    else:
+        where = f" at {file} line {line}"
+    return UsageError(f"plugin {origin} failed{where}: {cause}")
+
+
+def _plugin_line(module: str, exc: BaseException) -> tuple[str | None, int | None]:
+    """The file and line in the plugin's own code that ``exc`` came from, if known."""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return exc.filename, exc.lineno
+    where: tuple[str | None, int | None] = (None, None)
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        name = frame.f_globals.get("__name__", "")
+        if module and (name == module or name.startswith(f"{module}.")):
+            where = frame.f_code.co_filename, line  # the innermost one wins
+    return where
