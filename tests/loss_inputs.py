@@ -20,6 +20,8 @@ a new loss is covered as soon as its kinds are. Shapes (``n`` is the batch; 0 is
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,12 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from losscli.losses import Family, LossInfo, Pred, Target
+from losscli.losses.registry import format_value
 
 __all__ = [
     "DET_ANCHORS",
     "DET_CLASSES",
     "IMAGE_SIZE",
     "MIN_IMAGE_SIZE",
+    "NEEDS",
     "NUM_CLASSES",
     "SEG_SIZE",
     "assert_value_and_grad_close",
@@ -40,6 +44,8 @@ __all__ = [
     "float_leaves",
     "image_size",
     "make_inputs",
+    "spec_with_needs",
+    "with_needs",
 ]
 
 NUM_CLASSES = 5
@@ -52,6 +58,12 @@ DET_CLASSES = 4  # including background (label 0)
 # Other test helpers add their entries here.
 MIN_IMAGE_SIZE: dict[str, int] = {
     "ms_ssim": 161,
+}
+
+# Test values of the inputs a loss declares in ``LossInfo.needs`` (for NUM_CLASSES classes):
+# a long tail, 100:1 from the first class to the last.
+NEEDS: dict[str, object] = {
+    "class_counts": (400, 100, 40, 10, 4),
 }
 
 Inputs = tuple[Tensor | tuple[Tensor, ...], Tensor | tuple[Tensor, ...]]
@@ -213,3 +225,17 @@ def assert_value_and_grad_close(
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
     for ga, gb in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(ga, gb, atol=atol, rtol=rtol)
+
+
+def with_needs(info: LossInfo) -> LossInfo:
+    """``info`` with the inputs it declares in ``needs`` bound to their ``NEEDS`` values."""
+    if not info.needs:
+        return info
+    bound = functools.partial(info.fn, **{k: NEEDS[k] for k in info.needs})
+    return dataclasses.replace(info, fn=bound)
+
+
+def spec_with_needs(info: LossInfo) -> str:
+    """A ``create_loss`` spec for ``info`` that passes its ``needs`` as spec parameters."""
+    params = ",".join(f"{k}={format_value(NEEDS[k])}" for k in sorted(info.needs))
+    return f"{info.name}:{params}" if params else info.name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from loss_inputs import cast_inputs, float_leaves, make_inputs
+from loss_inputs import cast_inputs, float_leaves, make_inputs, spec_with_needs, with_needs
 
 from losscli.losses import LossInfo, Pred, create_loss, list_losses
 
@@ -34,7 +34,7 @@ def _cases(test: str) -> list:
             marks.append(pytest.mark.skip(reason="needs pretrained weights"))
         if (test, info.name) in XFAIL:
             marks.append(pytest.mark.xfail(reason=XFAIL[(test, info.name)], strict=True))
-        params.append(pytest.param(info, id=info.name, marks=marks))
+        params.append(pytest.param(with_needs(info), id=info.name, marks=marks))
     return params
 
 
@@ -122,7 +122,7 @@ def test_gradcheck_float64(info: LossInfo) -> None:
 def test_bf16_inputs_through_create_loss(info: LossInfo) -> None:
     pred, target = _inputs(info)
     pred16, target16 = cast_inputs(pred, torch.bfloat16), cast_inputs(target, torch.bfloat16)
-    loss = create_loss(info.name)(pred16, target16)
+    loss = create_loss(spec_with_needs(info))(pred16, target16)
     assert loss.dtype == torch.float32
     # computed in fp32 on the bf16-rounded values
     expected = info.fn(cast_inputs(pred16, torch.float32), cast_inputs(target16, torch.float32))

@@ -4,7 +4,18 @@ Importing this package registers every built-in loss; third-party losses come th
 the ``losscli.losses`` entry-point group or ``--plugin``.
 """
 
-from losscli.losses import binary, boxes, classification, detection, image, regression, segmentation  # noqa: F401,E501  (registers)
+from losscli.losses import (  # noqa: F401  (importing registers the losses)
+    binary,
+    boxes,
+    classification,
+    detection,
+    image,
+    longtail,
+    noisy,
+    regression,
+    segmentation,
+    segmentation_extra,
+)
 from losscli.losses.kinds import Family, Pred, Target
 from losscli.losses.reduction import reduce_loss
 from losscli.losses.registry import (
