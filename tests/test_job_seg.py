@@ -136,8 +136,8 @@ def test_binary_variant_masks_and_families():
     job = create_job("seg", binary=True, image_size=16, n_train=30, n_test=10)
     data = job.load_data()
     assert set(data.train_y.unique().tolist()) == {0, 1}
-    assert isinstance(job.build_model(data)(data.test_x[:2]), torch.Tensor)
-    assert job.build_model(data)(data.test_x[:2]).shape == (2, 1, 16, 16)
+    assert isinstance(job.build_model()(data.test_x[:2]), torch.Tensor)
+    assert job.build_model()(data.test_x[:2]).shape == (2, 1, 16, 16)
     names = compatible_losses(job)
     assert "bce_logits" in names and "dice" in names and "lovasz" in names
     assert "ce" not in names and "focal" not in names
@@ -224,11 +224,11 @@ def test_evaluate_scores_a_perfect_and_a_wrong_model():
     y = make_segmentation(10, image_size=16, num_classes=2).masks
     onehot = F.one_hot(y, 3).permute(0, 3, 1, 2).float()
     data = JobData(onehot, y, onehot, y, "test")
-    assert job.evaluate(_OneHotToLogits(), data, None) == {"miou": 1.0, "dice": 1.0, "pixel_acc": 1.0}
+    assert job.evaluate(_OneHotToLogits(), data) == {"miou": 1.0, "dice": 1.0, "pixel_acc": 1.0}
     background = torch.zeros_like(onehot)
     background[:, 0] = 1
     data = JobData(background, y, background, y, "test")
-    m = job.evaluate(_OneHotToLogits(), data, None)
+    m = job.evaluate(_OneHotToLogits(), data)
     fg = (y > 0).float().mean().item()
     assert m["pixel_acc"] == pytest.approx(1 - fg) and m["dice"] == 0.0
     assert m["miou"] == pytest.approx((1 - fg) / 3)  # only background has an IoU above 0
