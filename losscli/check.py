@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from losscli.results import groups, seed_stats
+
 __all__ = ["ATOL", "BASELINE_COLUMNS", "K_STD", "RTOL", "STEPS_RTOL", "Verdict", "compare",
-           "make_baseline", "read_baseline", "write_junit"]
+           "make_baseline", "read_baseline", "tolerance", "write_junit"]
 
 ATOL, RTOL, K_STD, STEPS_RTOL = 0.005, 0.01, 3.0, 0.25
 BASELINE_COLUMNS = ("variant", "job", "loss", "loss_key", "metric", "maximize", "seeds",
@@ -28,36 +30,31 @@ BASELINE_COLUMNS = ("variant", "job", "loss", "loss_key", "metric", "maximize", 
                     "versions", "recorded_at")
 
 
-def _groups(runs):
-    from losscli.results import with_variant
-
-    return with_variant(runs).groupby(["variant", "loss_key"], sort=False)
-
-
 def _stats(g) -> dict:
-    ok = g[g["status"] == "ok"]
-    reached = ok["steps_to_target"].dropna()
-    return {
-        "seeds": len(g),
-        "mean": ok["primary_final"].mean(),
-        "std": ok["primary_final"].std(ddof=1) if len(ok) > 1 else 0.0,
-        "steps_to_target": reached.mean() if len(reached) else math.nan,
-        "reached": len(reached),
-        "bad_runs": int((g["status"] != "ok").sum()),
-    }
+    """The baseline's view of ``results.seed_stats``."""
+    st = seed_stats(g)
+    return {"seeds": st["runs"], "mean": st["mean"], "std": st["std"],
+            "steps_to_target": st["steps_to_target"], "reached": st["reached"],
+            "bad_runs": st["diverged"] + st["errors"]}
 
 
-def make_baseline(runs, maximize: dict[str, bool]):
+def tolerance(mean: float, std: float) -> float:
+    """How much worse than the baseline mean the current mean may be (module docstring);
+    a NaN std (one baseline seed) counts as 0."""
+    return max(ATOL, RTOL * abs(mean), K_STD * (0.0 if math.isnan(std) else std))
+
+
+def make_baseline(runs):
     """One baseline row per (variant, loss) of a run directory's runs."""
     import pandas as pd
 
     rows = []
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for (variant, loss_key), g in _groups(runs):
+    for (variant, loss_key), g in groups(runs):
         first = g.iloc[0]
         rows.append({"variant": variant, "job": first["job"], "loss": first["loss"],
                      "loss_key": loss_key, "metric": first["primary_metric"],
-                     "maximize": maximize[first["job"]], **_stats(g),
+                     "maximize": bool(first["maximize"]), **_stats(g),
                      "eval_every": int(first["eval_every"]), "versions": first["versions"],
                      "recorded_at": now})
     return pd.DataFrame(rows, columns=list(BASELINE_COLUMNS))
@@ -105,12 +102,12 @@ class Verdict:
 def compare(runs, baseline) -> list[Verdict]:
     """A verdict per baseline row (a row with no current runs is a regression)."""
     # not dict(groupby): a GroupBy has a .keys attribute, so dict() mistakes it for a mapping
-    current = {key: g for key, g in _groups(runs)} if len(runs) else {}  # noqa: C416
+    current = {key: g for key, g in groups(runs)} if len(runs) else {}  # noqa: C416
     verdicts = []
     for _, b in baseline.iterrows():
         g = current.get((b["variant"], b["loss_key"]))
         cur = _stats(g) if g is not None else None
-        tol = max(ATOL, RTOL * abs(b["mean"]), K_STD * (b["std"] if b["std"] == b["std"] else 0))
+        tol = tolerance(b["mean"], b["std"])
         problems = _problems(b, cur, tol)
         verdicts.append(Verdict(
             variant=b["variant"], loss=b["loss"], metric=b["metric"], base_mean=b["mean"],

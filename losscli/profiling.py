@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from losscli.engine import TrainConfig, _Single, _sync
+from losscli.engine import SingleTrainer, sync
 from losscli.jobs import Job, JobData
 from losscli.losses import Loss
+from losscli.settings import Settings
 
 __all__ = ["SYNC_OPS", "StepProfile", "profile_steps"]
 
@@ -55,24 +56,24 @@ def _in_optimizer_step(event) -> bool:
     return False
 
 
-def profile_steps(job: Job, data: JobData, loss: Loss, cfg: TrainConfig, steps: int = 5,
+def profile_steps(job: Job, data: JobData, loss: Loss, cfg: Settings, steps: int = 5,
                   warmup: int = 3, top: int = 8) -> StepProfile:
     """Profile ``steps`` training steps of a fresh model (after ``warmup`` untimed ones)."""
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(cfg.device)
-    trainer = _Single(job, data, loss, cfg, [0], device)
+    trainer = SingleTrainer(job, data, loss, cfg, 0)
     for _ in range(warmup):
         trainer.step()
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    _sync(device)
+    sync(device)
     with profile(activities=activities) as prof:
         t = time.perf_counter()
         for _ in range(steps):
             trainer.step()
-        _sync(device)
+        sync(device)
         wall = time.perf_counter() - t
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     syncs: dict[str, int] = {}

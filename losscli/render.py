@@ -41,7 +41,7 @@ def summary_table(summary, job, subtitle: str) -> Table:
     table.add_column("runs", justify="right")
     for _, r in summary.iterrows():
         quality = f"{fmt_num(r['final_mean'])} ± {fmt_num(r['final_std'])}"
-        steps = fmt_num(r["steps_to_target"], 0) + f" ({r['reached_target']})"
+        steps = fmt_num(r["steps_to_target"], 0) + f" ({r['reached_target']}/{r['ok']})"
         status = f"{r['ok']}/{r['runs']}"
         if r["diverged"]:
             status += f" [yellow]{r['diverged']} diverged[/]"

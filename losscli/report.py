@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from losscli.results import read_history, read_runs, with_variant  # noqa: E402
+from losscli.render import fmt_num  # noqa: E402
+from losscli.results import read_history, read_runs, seed_stats, with_variant  # noqa: E402
 
 __all__ = ["FindingResult", "build_report", "evaluate_finding", "ranking"]
 
@@ -31,18 +32,19 @@ def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def ranking(group: pd.DataFrame, maximize: bool) -> pd.DataFrame:
-    """Per loss: mean ± std, 95 % CI over seeds, and Welch's p against the best loss."""
+def ranking(group: pd.DataFrame) -> pd.DataFrame:
+    """Per loss of one variant: mean ± std, 95 % CI over seeds, and Welch's p against the
+    best loss (the metric's direction is read from the runs)."""
     rows = []
-    for loss, g in group[group["status"] == "ok"].groupby("loss", sort=False):
-        x = g["primary_final"].to_numpy(float)
-        n, mean = len(x), x.mean()
-        sd = x.std(ddof=1) if n > 1 else 0.0
+    for _, g in group[group["status"] == "ok"].groupby("loss_key", sort=False):
+        st = seed_stats(g)
+        n, mean, sd = st["ok"], st["mean"], st["std"]
         half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-        rows.append({"loss": loss, "n": n, "mean": mean, "std": sd, "ci_low": mean - half,
-                     "ci_high": mean + half, "values": x})
+        rows.append({"loss": g["loss"].iloc[0], "n": n, "mean": mean, "std": sd,
+                     "ci_low": mean - half, "ci_high": mean + half, "values": st["values"]})
     if not rows:
         return pd.DataFrame()
+    maximize = bool(group["maximize"].iloc[0])
     df = pd.DataFrame(rows).sort_values("mean", ascending=not maximize).reset_index(drop=True)
     best = df.loc[0, "values"]
     df["p_vs_best"] = [math.nan if i == 0 else _welch_p(best, v)
@@ -57,10 +59,11 @@ def ranking(group: pd.DataFrame, maximize: bool) -> pd.DataFrame:
 def _curves(history: pd.DataFrame, runs: pd.DataFrame, split: str, metric: str):
     """Per loss: steps and the mean/min/max over seeds of a metric's curve."""
     h = history[(history["split"] == split) & (history["metric"] == metric)]
-    h = h.merge(runs[["run_key", "loss"]], on="run_key")
-    for loss, g in h.groupby("loss", sort=False):
+    h = h.merge(runs[["run_key", "loss", "loss_key"]], on="run_key")
+    for _, g in h.groupby("loss_key", sort=False):
         table = g.pivot_table(index="step", columns="run_key", values="value")
-        yield loss, table.index.to_numpy(), table.mean(axis=1), table.min(axis=1), table.max(axis=1)
+        yield (g["loss"].iloc[0], table.index.to_numpy(), table.mean(axis=1),
+               table.min(axis=1), table.max(axis=1))
 
 
 def _plot_curves(ax, history, runs, split, metric, log=False) -> None:
@@ -92,10 +95,10 @@ def variant_plots(variant: str, runs, history, metric: str, out: Path, stem: str
     axes[0].legend(fontsize=7)
     curves = _save(fig, out / f"{stem}-curves.png")
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for loss, g in ok.groupby("loss", sort=False):
+    for _, g in ok.groupby("loss_key", sort=False):
         ax.errorbar(g["train_seconds"].mean(), g["primary_final"].mean(),
                     xerr=g["train_seconds"].std(ddof=0), yerr=g["primary_final"].std(ddof=0),
-                    fmt="o", capsize=3, label=loss)
+                    fmt="o", capsize=3, label=g["loss"].iloc[0])
     ax.set_xlabel("train seconds per run (eval excluded)")
     ax.set_ylabel(f"final {metric}")
     ax.set_title(f"{variant}: quality vs time", fontsize=9)
@@ -170,26 +173,24 @@ def evaluate_finding(finding, runs: pd.DataFrame) -> FindingResult:
 # --------------------------------------------------------------------------- documents
 
 
-def _fmt(x: float, digits: int = 4) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
 def _ranking_rows(rank: pd.DataFrame) -> list[list[str]]:
     rows = []
     for i, r in rank.iterrows():
         sig = "" if i == 0 else ("yes" if r["significant"] else "no")
-        rows.append([str(i + 1), r["loss"], str(r["n"]), f"{_fmt(r['mean'])} ± {_fmt(r['std'])}",
-                     f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
-                     "best" if i == 0 else _fmt(r["p_vs_best"], 3), sig])
+        rows.append([str(i + 1), r["loss"], str(r["n"]),
+                     f"{fmt_num(r['mean'])} ± {fmt_num(r['std'])}",
+                     f"[{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]",
+                     "best" if i == 0 else fmt_num(r["p_vs_best"], 3), sig])
     return rows
 
 
 def _cost_rows(group: pd.DataFrame) -> list[list[str]]:
     rows = []
-    for loss, g in group[group["status"] == "ok"].groupby("loss", sort=False):
-        rows.append([loss, f"{g['samples_per_s'].mean():,.0f}",
-                     _fmt(g["loss_ms_per_step"].mean(), 3), _fmt(g["train_seconds"].mean(), 1),
-                     _fmt(g["steps_to_target"].mean(), 0)])
+    for _, g in group[group["status"] == "ok"].groupby("loss_key", sort=False):
+        rows.append([g["loss"].iloc[0], f"{g['samples_per_s'].mean():,.0f}",
+                     fmt_num(g["loss_ms_per_step"].mean(), 3),
+                     fmt_num(g["train_seconds"].mean(), 1),
+                     fmt_num(g["steps_to_target"].mean(), 0)])
     return rows
 
 
@@ -224,18 +225,16 @@ class Section:
 
 
 def _sections(runs, history, out: Path) -> list[Section]:
-    from losscli.jobs import create_job
-
     sections = []
-    for i, (variant, group) in enumerate(with_variant(runs).groupby("variant", sort=False)):
-        job = create_job(group["job"].iloc[0])
+    variants = with_variant(runs).groupby("variant", sort=False) if len(runs) else []
+    for i, (variant, group) in enumerate(variants):
         metric = group["primary_metric"].iloc[0]
         counts = group["status"].value_counts().to_dict()
         images = variant_plots(variant, group, history, metric, out, f"v{i}") \
             if (group["status"] == "ok").any() else []
         sections.append(Section(
-            title=variant, metric=metric, maximize=job.maximize,
-            ranking=_ranking_rows(ranking(group, job.maximize)), cost=_cost_rows(group),
+            title=variant, metric=metric, maximize=bool(group["maximize"].iloc[0]),
+            ranking=_ranking_rows(ranking(group)), cost=_cost_rows(group),
             images=images, statuses=", ".join(f"{n} {s}" for s, n in counts.items())))
     return sections
 

@@ -13,23 +13,91 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "WriteError", "read_history",
-           "read_runs", "summarize", "variant_label", "with_variant"]
+__all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "RunResult", "WriteError",
+           "best_value", "curve_auc", "read_history", "read_runs", "seed_stats",
+           "steps_to_target", "summarize", "variant_label", "with_variant"]
 
-# Documented in the README ("Output columns"); keep the two in step.
-RUN_COLUMNS = (
-    "run_key", "job", "job_options", "loss", "loss_key", "seed", "device", "status", "error",
-    "primary_metric", "primary_best", "primary_final", "target", "steps_to_target",
-    "curve_auc", "final_train_loss", "steps", "eval_every", "epochs", "batch_size", "lr",
-    "optimizer",
-    "train_seconds", "samples_per_s", "loss_ms_per_step", "peak_mem_mb", "seeds_together",
-    "final_metrics", "best_metrics", "data_source", "versions", "finished_at",
-)
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run: a line of runs.csv (the fields are its columns, in order; the README's
+    "runs.csv columns" documents them)."""
+
+    run_key: str
+    job: str
+    job_options: str  # JSON
+    loss: str
+    loss_key: str
+    seed: int
+    device: str
+    status: str  # ok | diverged | error
+    error: str
+    primary_metric: str
+    maximize: bool  # whether a higher primary metric is better
+    primary_best: float
+    primary_final: float
+    target: float
+    steps_to_target: int | None
+    curve_auc: float
+    final_train_loss: float
+    steps: int
+    eval_every: int
+    epochs: float
+    batch_size: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+    bf16: bool
+    threads: int  # CPU threads of the process: on CPU they change the float rounding
+    train_seconds: float
+    samples_per_s: float
+    loss_ms_per_step: float
+    peak_mem_mb: float
+    seeds_together: int
+    final_metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    data_source: str
+    versions: str
+    finished_at: str
+
+
+RUN_COLUMNS = tuple(f.name for f in fields(RunResult))
 HISTORY_COLUMNS = ("run_key", "step", "split", "metric", "value")
+
+
+# --------------------------------------------------------------------------- a run's numbers
+
+
+def best_value(values: list[float], maximize: bool) -> float:
+    """The best of a curve's values in the metric's direction (NaN for none)."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan
+    return max(finite) if maximize else min(finite)
+
+
+def steps_to_target(evals: list[tuple[int, float]], target: float, maximize: bool
+                    ) -> int | None:
+    """The first eval step whose value reaches ``target`` (None if none does)."""
+    for step, value in evals:
+        if (value >= target) if maximize else (value <= target):
+            return step
+    return None
+
+
+def curve_auc(evals: list[tuple[int, float]], steps: int) -> float:
+    """Area under the eval curve over the fraction of training from step 0 (trapezoid),
+    divided by the fraction covered: the curve's mean height (NaN with fewer than 2 points)."""
+    pts = [(s / steps, v) for s, v in evals]
+    if len(pts) < 2 or not pts[-1][0]:
+        return math.nan
+    area = sum((x1 - x0) * (y0 + y1) / 2
+               for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False))
+    return area / pts[-1][0]
 
 
 @dataclass
@@ -87,15 +155,15 @@ class ResultStore:
         finally:
             os.close(fd)
 
-    def append(self, row: dict[str, Any], history: list[tuple[int, str, str, float]]) -> None:
+    def append(self, result: RunResult, history: list[tuple[int, str, str, float]]) -> None:
         """Write one finished run: its history rows, then its row in ``runs.csv``."""
-        key = row["run_key"]
+        row = asdict(result)
         try:
             if history:
                 self._append(self.history_path, HISTORY_COLUMNS,
-                             "".join(_csv_line([key, *h]) for h in history))
+                             "".join(_csv_line([result.run_key, *h]) for h in history))
             self._append(self.runs_path, RUN_COLUMNS,
-                         _csv_line([_cell(row.get(c)) for c in RUN_COLUMNS]))
+                         _csv_line([_cell(row[c]) for c in RUN_COLUMNS]))
         except WriteError:
             raise
         except OSError as exc:
@@ -182,60 +250,92 @@ def read_history(root: Path):
         .reset_index(drop=True)
 
 
-def variant_label(job: str, job_options: str, steps: int) -> str:
-    """``reg[outliers=0] · 300 steps``: what a group of comparable runs shares."""
-    opts = json.loads(job_options) if isinstance(job_options, str) and job_options else {}
+def variant_label(row: Any) -> str:
+    """``reg[outliers=0.0] · 300 steps · adam lr 0.001 · batch 128 · eval 60 · cpu``: every
+    setting a group of comparable runs shares (weight decay and bf16 when set)."""
+    opts = json.loads(row["job_options"]) if isinstance(row["job_options"], str) and \
+        row["job_options"] else {}
     inner = ",".join(f"{k}={v}" for k, v in opts.items())
-    return f"{job}{f'[{inner}]' if inner else ''} · {int(steps)} steps"
+    parts = [f"{row['job']}{f'[{inner}]' if inner else ''}", f"{int(row['steps'])} steps",
+             f"{row['optimizer']} lr {float(row['lr']):g}", f"batch {int(row['batch_size'])}",
+             f"eval {int(row['eval_every'])}"]
+    if float(row["weight_decay"] or 0):
+        parts.append(f"wd {float(row['weight_decay']):g}")
+    if _truthy(row["bf16"]):
+        parts.append("bf16")
+    return " · ".join([*parts, str(row["device"]).split(":")[0]])
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
 
 
 def with_variant(runs):
     """``runs`` plus a ``variant`` column: the group of comparable runs each belongs to."""
-    return runs.assign(variant=[variant_label(j, o, s) for j, o, s in
-                                zip(runs["job"], runs["job_options"], runs["steps"], strict=True)])
+    return runs.assign(variant=[variant_label(r) for _, r in runs.iterrows()]
+                       if len(runs) else [])
 
 
-def summarize(runs, maximize: dict[str, bool]):
+def seed_stats(g) -> dict[str, Any]:
+    """Statistics over the seeds of one (variant, loss): the one place they are computed
+    (the summary table, ``check`` and the report all use it). ``std`` is the sample std
+    (ddof 1): NaN for a single seed, never 0."""
+    ok = g[g["status"] == "ok"]
+    final = ok["primary_final"].astype(float)
+    reached = ok["steps_to_target"].dropna()
+    return {
+        "runs": len(g), "ok": len(ok),
+        "diverged": int((g["status"] == "diverged").sum()),
+        "errors": int((g["status"] == "error").sum()),
+        "values": final.to_numpy(),
+        "mean": final.mean() if len(ok) else math.nan,
+        "std": final.std(ddof=1) if len(ok) > 1 else math.nan,
+        "best_mean": ok["primary_best"].astype(float).mean() if len(ok) else math.nan,
+        "steps_to_target": reached.mean() if len(reached) else math.nan,
+        "reached": len(reached),
+        "threads": ",".join(sorted({str(t) for t in g["threads"].dropna()})),
+    }
+
+
+def groups(runs):
+    """Comparable runs: one group per (variant, canonical loss), in first-seen order."""
+    return with_variant(runs).groupby(["variant", "loss_key"], sort=False)
+
+
+def summarize(runs):
     """One row per (job variant, loss): mean ± std over seeds, ranked by the primary metric
-    within each variant (same job, job options and step budget)."""
+    within each variant (its direction read from the runs)."""
     import pandas as pd
 
     if not len(runs):
         return pd.DataFrame()
-    runs = with_variant(runs)
-    rows = [_summary_row(job, variant, loss, g) for (job, variant, loss), g in
-            runs.groupby(["job", "variant", "loss"], sort=False)]
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([_summary_row(variant, g) for (variant, _), g in groups(runs)])
     parts = []
     for _, part in df.groupby("variant", sort=False):
-        asc = not maximize.get(part["job"].iloc[0], True)
+        asc = not _truthy(part["maximize"].iloc[0])
         part = part.sort_values("final_mean", ascending=asc, na_position="last", kind="stable")
         parts.append(part.assign(rank=range(1, len(part) + 1)))
     df = pd.concat(parts)
     return df[["rank", *[c for c in df.columns if c != "rank"]]].reset_index(drop=True)
 
 
-def _summary_row(job: str, variant: str, loss: str, g) -> dict[str, Any]:
+def _summary_row(variant: str, g) -> dict[str, Any]:
     import pandas as pd
 
+    first, st = g.iloc[0], seed_stats(g)
     ok = g[g["status"] == "ok"]
     metrics = pd.DataFrame([json.loads(m) for m in ok["final_metrics"]])
-    reached = ok["steps_to_target"].dropna()
     row = {
-        "job": job, "variant": variant, "loss": loss, "runs": len(g), "ok": len(ok),
-        "diverged": int((g["status"] == "diverged").sum()),
-        "errors": int((g["status"] == "error").sum()),
-        "primary_metric": g["primary_metric"].iloc[0],
-        "final_mean": ok["primary_final"].mean(),
-        "final_std": ok["primary_final"].std(ddof=1) if len(ok) > 1 else 0.0,
-        "best_mean": ok["primary_best"].mean(),
-        "steps_to_target": reached.mean() if len(reached) else math.nan,
-        "reached_target": f"{len(reached)}/{len(ok)}",
-        "curve_auc": ok["curve_auc"].mean(),
-        "final_train_loss": ok["final_train_loss"].mean(),
-        "train_seconds": ok["train_seconds"].mean(),
-        "samples_per_s": ok["samples_per_s"].mean(),
-        "loss_ms_per_step": ok["loss_ms_per_step"].mean(),
+        "job": first["job"], "variant": variant, "loss": first["loss"],
+        "loss_key": first["loss_key"], "runs": st["runs"], "ok": st["ok"],
+        "diverged": st["diverged"], "errors": st["errors"],
+        "primary_metric": first["primary_metric"], "maximize": _truthy(first["maximize"]),
+        "final_mean": st["mean"], "final_std": st["std"], "best_mean": st["best_mean"],
+        "steps_to_target": st["steps_to_target"], "reached_target": st["reached"],
+        "curve_auc": ok["curve_auc"].mean(), "final_train_loss": ok["final_train_loss"].mean(),
+        "train_seconds": ok["train_seconds"].mean(), "samples_per_s": ok["samples_per_s"].mean(),
+        "loss_ms_per_step": ok["loss_ms_per_step"].mean(), "threads": st["threads"],
+        "seeds": ",".join(str(s) for s in g["seed"]),
     }
     for name in metrics.columns:
         row[f"{name}_mean"] = metrics[name].mean()

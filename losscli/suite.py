@@ -19,7 +19,7 @@ gamma = [0, 0.5, 1, 2, 5]
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,39 +27,23 @@ import tomllib
 
 from losscli.errors import UsageError
 from losscli.losses.registry import format_value
+from losscli.settings import Settings
 
-__all__ = ["Finding", "JobRequest", "Overrides", "Suite", "expand_grid", "load_suite"]
+__all__ = ["BUDGET_KEYS", "Finding", "JobRequest", "Suite", "expand_grid", "load_suite"]
 
-
-@dataclass(frozen=True)
-class Overrides:
-    """Budget settings; ``None`` keeps the job's own default (tasks/<job>.toml)."""
-
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None
-    weight_decay: float | None = None
-    eval_every: int | None = None
-
-    def merged(self, other: Overrides) -> Overrides:
-        """``other``'s values win where they are set."""
-        return Overrides(**{f.name: getattr(other, f.name) if getattr(other, f.name) is not None
-                            else getattr(self, f.name) for f in fields(self)})
-
-
-BUDGET_KEYS = {f.name for f in fields(Overrides)}
+# the training settings a suite may set ([defaults] and each [[job]])
+BUDGET_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "weight_decay", "eval_every")
 
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One job of a plan: its losses, seeds, budget overrides and job options."""
+    """One job of a plan: its losses, seeds, settings (layers above the job's task file)
+    and job options."""
 
     task: str
     losses: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
-    overrides: Overrides = Overrides()
+    settings: Settings = Settings()
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,13 +79,9 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
     raise UsageError(f"{where}: seeds must be a count >= 1 or a list of integers, got {value!r}")
 
 
-def _overrides(doc: dict[str, Any], where: str) -> Overrides:
-    values = {k: doc[k] for k in BUDGET_KEYS if k in doc}
-    for k, v in values.items():
-        expected = str if k == "optimizer" else (float if k in ("lr", "weight_decay") else int)
-        if not isinstance(v, expected) and not (expected is float and isinstance(v, int)):
-            raise UsageError(f"{where}: {k} must be {expected.__name__}, got {v!r}")
-    return Overrides(**values)
+def _settings(doc: dict[str, Any], where: str) -> Settings:
+    """A layer of training settings from a suite table (types and ranges checked)."""
+    return Settings(**{k: doc[k] for k in BUDGET_KEYS if k in doc}).check(where)
 
 
 def expand_grid(grid: dict[str, Any], where: str) -> list[str]:
@@ -120,7 +100,7 @@ def expand_grid(grid: dict[str, Any], where: str) -> list[str]:
     return specs
 
 
-_JOB_KEYS = {"task", "losses", "seeds", "options", "grid"} | BUDGET_KEYS
+_JOB_KEYS = {"task", "losses", "seeds", "options", "grid", *BUDGET_KEYS}
 _TOP_KEYS = {"name", "seeds", "description", "defaults", "job", "finding"}
 
 
@@ -137,7 +117,7 @@ def load_suite(path: str | Path) -> Suite:
     if not doc.get("job"):
         problems.append(f"{path}: no [[job]] entries")
     seeds = _seeds(doc.get("seeds", 1), str(path))
-    defaults = _overrides(doc.get("defaults", {}), f"{path} [defaults]")
+    defaults = _settings(doc.get("defaults", {}), f"{path} [defaults]")
     requests = []
     for i, entry in enumerate(doc.get("job", []), 1):
         where = f"{path} job {i} ({entry.get('task', '?')})"
@@ -151,7 +131,7 @@ def load_suite(path: str | Path) -> Suite:
         requests.append(JobRequest(
             task=entry["task"], losses=tuple(losses),
             seeds=_seeds(entry["seeds"], where) if "seeds" in entry else seeds,
-            overrides=defaults.merged(_overrides(entry, where)),
+            settings=_settings(entry, where).over(defaults),
             options=dict(entry.get("options", {})),
         ))
     findings = tuple(_finding(f, f"{path} finding {i}") for i, f in
@@ -163,10 +143,17 @@ def load_suite(path: str | Path) -> Suite:
 
 
 def _finding(doc: dict[str, Any], where: str) -> Finding:
+    """A ``[[finding]]``; its metric's direction is the job's (``maximize`` may confirm it)."""
+    from losscli.jobs import job_class
+
     try:
+        maximize = job_class(doc["task"]).maximizes(doc["metric"])
+        if "maximize" in doc and bool(doc["maximize"]) != maximize:
+            raise UsageError(f"{where}: maximize = {str(doc['maximize']).lower()} contradicts "
+                             f"the {doc['task']} job, where {doc['metric']} is "
+                             f"{'higher' if maximize else 'lower'}-is-better")
         return Finding(id=doc["id"], title=doc["title"], task=doc["task"], metric=doc["metric"],
-                       better=tuple(doc["better"]), than=doc["than"],
-                       maximize=bool(doc.get("maximize", True)),
+                       better=tuple(doc["better"]), than=doc["than"], maximize=maximize,
                        options=dict(doc.get("options", {})), steps=doc.get("steps"))
     except KeyError as exc:
         raise UsageError(f"{where}: missing key {exc}") from None

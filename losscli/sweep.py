@@ -1,8 +1,11 @@
-"""Many runs: a plan (validated before anything trains) and its execution into a store.
+"""The one run path: a plan (validated before anything trains), executed into a store.
 
-Execution is resumable: a run whose key is already in the store is skipped. Runs execute
-in this process, in a pool of worker processes (``workers``), or as one shard of a
-``torchrun`` launch (each rank takes every world_size-th run and writes its own shard).
+``train``, ``sweep``, ``check`` and ``baseline`` all come here: they turn their arguments
+into ``JobRequest``s and call ``run`` (or ``make_plan`` for a dry run); this module plans,
+resumes, writes ``meta.json``, executes and reads the results back. Execution is
+resumable: a run whose key is already in the store is skipped. Runs execute in this
+process, in a pool of worker processes (``workers``), or as one shard of a ``torchrun``
+launch (each rank takes every world_size-th run and writes its own shard).
 """
 
 from __future__ import annotations
@@ -12,23 +15,36 @@ import json
 import math
 import os
 import platform
+import shlex
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
-from losscli.engine import OPTIMIZERS, RunOutcome, TrainConfig, choose_vectorised, run_seeds
+from losscli.engine import RunOutcome, run_one, run_seeds
 from losscli.errors import UsageError
 from losscli.jobs import Job, JobData, create_job
 from losscli.losses import Loss, create_loss, list_losses, load_plugin
 from losscli.losses.image import MissingWeightsError
-from losscli.results import ResultStore
-from losscli.suite import JobRequest, Overrides
+from losscli.results import (
+    ResultStore,
+    RunResult,
+    best_value,
+    curve_auc,
+    read_runs,
+    steps_to_target,
+)
+from losscli.settings import Settings
+from losscli.suite import JobRequest
+from losscli.vectorised import Calibration
 
-__all__ = ["Overrides", "Plan", "RunSpec", "compatible_losses", "execute", "job_data",
-           "make_plan", "versions"]
+__all__ = ["Plan", "Progress", "RunSpec", "SweepResult", "compatible_losses", "execute",
+           "load_plugins", "make_plan", "run", "run_suite", "versions"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +52,7 @@ class RunSpec:
     job: Job
     loss: Loss
     seed: int
-    cfg: TrainConfig
-    epochs: float
+    cfg: Settings  # resolved: every field set
 
     @property
     def key(self) -> str:
@@ -48,29 +63,43 @@ class RunSpec:
             "loss": self.loss.key,
             "seed": self.seed,
             # the device type, not its index: rank 3's cuda:3 runs the same run as cuda:0
-            "cfg": {**self.cfg.describe(), "device": self.cfg.device.split(":")[0]},
+            "cfg": {**self.cfg.identity(), "device": self.cfg.device.split(":")[0]},
         }
         return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
 class Plan:
+    """Every run, the data they train on (loaded once, on the run device) and the
+    vectorised-seeds calibration shared by the plan's runs."""
+
     runs: list[RunSpec]
-    sources: dict[tuple, str]  # job data key → where its data came from
+    data: dict[tuple, JobData]  # job data key → its data
+    calibration: Calibration = field(default_factory=Calibration)
 
     def keys(self) -> list[str]:
         return [r.key for r in self.runs]
 
+    @property
+    def sources(self) -> dict[tuple, str]:
+        return {k: d.source for k, d in self.data.items()}
 
-_DATA: dict[tuple, JobData] = {}
+    def jobs(self) -> list[Job]:
+        return list({r.job.name: r.job for r in self.runs}.values())
 
 
-def job_data(job: Job, device: str) -> JobData:
-    """The job's data on ``device``, loaded once per process (runs after the first reuse it)."""
-    key = (job.data_key, device)
-    if key not in _DATA:
-        _DATA[key] = job.load_data().to(device)
-    return _DATA[key]
+class Progress(Protocol):
+    """What the caller is told while a plan executes (the CLI draws bars from it)."""
+
+    def start(self, spec: RunSpec) -> None: ...
+    def step(self, step: int) -> None: ...
+    def done(self, spec: RunSpec, result: RunResult) -> None: ...
+
+
+class _Silent:
+    def start(self, spec: RunSpec) -> None: ...
+    def step(self, step: int) -> None: ...
+    def done(self, spec: RunSpec, result: RunResult) -> None: ...
 
 
 def versions() -> str:
@@ -80,6 +109,15 @@ def versions() -> str:
 
     return (f"losscli={losscli.__version__};torch={torch.__version__};"
             f"torchvision={torchvision.__version__};python={platform.python_version()}")
+
+
+def load_plugins(plugins: Sequence[str]) -> list[str]:
+    for p in plugins:
+        load_plugin(p)
+    return list(plugins)
+
+
+# --------------------------------------------------------------------------- planning
 
 
 def compatible_losses(job: Job) -> list[str]:
@@ -102,146 +140,95 @@ def _loss_problems(job: Job, spec: str) -> tuple[Loss | None, list[str]]:
     return loss, problems
 
 
-def _config(job: Job, n_train: int, ov: Overrides, device: str, bf16: bool
-            ) -> tuple[TrainConfig, float]:
-    b = job.task.budget
-    bs = ov.batch_size or b.batch_size
-    if bs > n_train:
-        raise UsageError(f"batch size {bs} exceeds the {n_train} training samples of {job.name}")
-    per_epoch = n_train // bs
-    steps = ov.steps or (ov.epochs * per_epoch if ov.epochs else None) or b.steps \
-        or (b.epochs or 1) * per_epoch
-    optimizer = ov.optimizer or b.optimizer
-    if optimizer not in OPTIMIZERS:
-        raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    eval_every = ov.eval_every or b.eval_every or (per_epoch if steps >= per_epoch else 0)
-    cfg = TrainConfig(steps=steps, batch_size=bs, lr=ov.lr if ov.lr is not None else b.lr,
-                      optimizer=optimizer,
-                      weight_decay=ov.weight_decay if ov.weight_decay is not None
-                      else b.weight_decay,
-                      eval_every=eval_every, device=device, bf16=bf16)
-    return cfg, steps / per_epoch
+def _check_request(req: JobRequest, prefix: str) -> tuple[Job | None, list[Loss], list[str]]:
+    """The job and losses of one request, or the problems that stop it."""
+    try:
+        job = create_job(req.task, **req.options)
+    except UsageError as exc:
+        return None, [], [prefix + str(exc)]
+    problems, losses = [], []
+    for spec in dict.fromkeys(req.losses or job.task.losses):  # a repeated loss runs once
+        loss, errs = _loss_problems(job, spec)
+        problems += [prefix + e for e in errs]
+        losses.append(loss)
+    if problems:
+        problems.append(f"{prefix}losses that apply to {job.name}: "
+                        + ", ".join(compatible_losses(job)))
+    return job, losses, problems
 
 
-def make_plan(requests: Sequence[JobRequest], device: str = "cpu", bf16: bool = False) -> Plan:
+def make_plan(requests: Sequence[JobRequest], device: str = "cpu", bf16: bool = False
+              ) -> Plan:
     """Resolve names, load the data and check every loss against its job before training.
+
+    Settings are layered: the job's task file, then the request's (suite defaults, suite
+    entry or command line), then ``device`` and ``bf16``.
 
     Raises:
         UsageError: naming every problem found (unknown names, incompatible pairs, bad values).
     """
     if bf16 and not device.startswith("cuda"):
         raise UsageError("--bf16 needs --device cuda")
-    problems: list[str] = []
-    checked: list[tuple[JobRequest, Job, list[Loss]]] = []
+    checked, problems = [], []
     for req in requests:
-        prefix = f"[{req.task}] " if len(requests) > 1 else ""
-        try:
-            job = create_job(req.task, **req.options)
-        except UsageError as exc:
-            problems.append(prefix + str(exc))
-            continue
-        found, losses = [], []
-        for spec in dict.fromkeys(req.losses or job.task.losses):  # a repeated loss runs once
-            loss, errs = _loss_problems(job, spec)
-            found += errs
-            losses.append(loss)
-        if found:
-            problems += [prefix + p for p in found]
-            problems.append(f"{prefix}losses that apply to {job.name}: "
-                            + ", ".join(compatible_losses(job)))
-        checked.append((req, job, losses))
+        job, losses, found = _check_request(req, f"[{req.task}] " if len(requests) > 1 else "")
+        problems += found
+        if job is not None:
+            checked.append((req, job, losses))
     if problems:
         raise UsageError("\n".join(problems))
-    runs, sources = [], {}
+    runs, data = [], {}
     for req, job, losses in checked:
-        data = job_data(job, device)  # a data error (e.g. missing files) is a usage error too
-        sources[job.data_key] = data.source
-        cfg, epochs = _config(job, data.n_train, req.overrides, device, bf16)
-        runs += [RunSpec(job, loss, seed, cfg, epochs) for loss in losses for seed in req.seeds]
-    return Plan(runs=runs, sources=sources)
+        if job.data_key not in data:  # a data error (e.g. missing files) is a usage error too
+            data[job.data_key] = job.load_data().to(device)
+        cfg = job.settings(data[job.data_key], Settings(device=device, bf16=bf16)
+                           .over(req.settings))
+        runs += [RunSpec(job, loss, seed, cfg) for loss in losses for seed in req.seeds]
+    return Plan(runs=runs, data=data)
 
 
-# --------------------------------------------------------------------------- execution
+# --------------------------------------------------------------------------- results
 
 
-def _row(spec: RunSpec, data: JobData, out: RunOutcome, together: int = 1) -> dict[str, Any]:
-    job = spec.job
-    name = job.primary_metric
-    evals = [m for _, m in out.evals[1:]] or [m for _, m in out.evals]
-    finals = evals[-1] if evals else {}
-    best = {k: _best(k, evals, job) for k in finals}
-    target = job.task.target
-    crossed = [s for s, m in out.evals
-               if (m[name] >= target if job.maximize else m[name] <= target)]
-    return {
-        "run_key": spec.key, "job": job.name,
-        "job_options": job.options_json,
-        "loss": spec.loss.spec, "loss_key": spec.loss.key,
-        "seed": spec.seed, "device": spec.cfg.device, "status": out.status, "error": out.error,
-        "primary_metric": name, "primary_best": best.get(name, math.nan),
-        "primary_final": finals.get(name, math.nan), "target": target,
-        "steps_to_target": crossed[0] if crossed and out.status == "ok" else None,
-        "curve_auc": _curve_auc(out.evals, name, spec.cfg.steps),
-        "final_train_loss": out.train_loss[-1][1] if out.train_loss else math.nan,
-        "steps": spec.cfg.steps, "eval_every": spec.cfg.eval_every,
-        "epochs": round(spec.epochs, 3),
-        "batch_size": spec.cfg.batch_size, "lr": spec.cfg.lr, "optimizer": spec.cfg.optimizer,
-        "train_seconds": round(out.train_seconds, 4),
-        "samples_per_s": out.timed_samples / out.train_seconds if out.train_seconds else math.nan,
-        "loss_ms_per_step": out.loss_ms_per_step, "seeds_together": together,
-        "peak_mem_mb": round(out.peak_mem_mb, 1),
-        "final_metrics": finals, "best_metrics": best, "data_source": data.source,
-        "versions": versions(), "finished_at": datetime.now(timezone.utc).isoformat(),
-    }
+def result_of(spec: RunSpec, data: JobData, out: RunOutcome, together: int = 1) -> RunResult:
+    """A finished run as its runs.csv row."""
+    job, name = spec.job, spec.job.primary_metric
+    later = out.evals[1:] or out.evals  # "best" is over the evals after step 0
+    finals = later[-1][1] if later else {}
+    best = {k: best_value([m[k] for _, m in later], job.maximizes(k)) for k in finals}
+    reached = steps_to_target([(s, m[name]) for s, m in out.evals], job.task.target,
+                              job.maximize)
+    cfg = spec.cfg
+    return RunResult(
+        run_key=spec.key, job=job.name, job_options=job.options_json, loss=spec.loss.spec,
+        loss_key=spec.loss.key, seed=spec.seed, device=cfg.device, status=out.status,
+        error=out.error, primary_metric=name, maximize=job.maximize,
+        primary_best=best.get(name, math.nan), primary_final=finals.get(name, math.nan),
+        target=job.task.target, steps_to_target=reached if out.status == "ok" else None,
+        curve_auc=curve_auc([(s, m[name]) for s, m in out.evals], cfg.steps),
+        final_train_loss=out.train_loss[-1][1] if out.train_loss else math.nan,
+        steps=cfg.steps, eval_every=cfg.eval_every, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay, bf16=cfg.bf16, threads=torch.get_num_threads(),
+        train_seconds=round(out.train_seconds, 4),
+        samples_per_s=out.timed_samples / out.train_seconds if out.train_seconds else math.nan,
+        loss_ms_per_step=out.loss_ms_per_step, peak_mem_mb=round(out.peak_mem_mb, 1),
+        seeds_together=together, final_metrics=finals, best_metrics=best,
+        data_source=data.source, versions=versions(),
+        finished_at=datetime.now(timezone.utc).isoformat())
 
 
-_LOWER_IS_BETTER = {"ece", "nll", "rmse", "mae", "lpips", "loss"}
-
-
-def _best(metric: str, evals: list[dict[str, float]], job: Job) -> float:
-    values = [m[metric] for m in evals]
-    lower = (not job.maximize) if metric == job.primary_metric else metric in _LOWER_IS_BETTER
-    return min(values) if lower else max(values)
-
-
-def _curve_auc(evals: list[tuple[int, dict[str, float]]], metric: str, steps: int) -> float:
-    """Area under the eval curve over the fraction of training, from step 0 (trapezoid)."""
-    pts = [(s / steps, m[metric]) for s, m in evals]
-    if len(pts) < 2 or not pts[-1][0]:
-        return math.nan
-    area = sum((x1 - x0) * (y0 + y1) / 2
-               for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False))
-    return area / pts[-1][0]
-
-
-def _history(out: RunOutcome) -> list[tuple[int, str, str, float]]:
+def history_of(out: RunOutcome) -> list[tuple[int, str, str, float]]:
     rows = [(s, "train", "loss", v) for s, v in out.train_loss]
     rows += [(s, "test", k, v) for s, m in out.evals for k, v in m.items()]
     return sorted(rows, key=lambda r: r[0])
 
 
-def run_group(specs: Sequence[RunSpec], vectorise: str = "auto",
-              on_step: Callable[[int], None] | None = None) -> list[tuple[dict, list]]:
-    """Runs that differ only in their seed → their rows and history rows. ``vectorise``:
-    ``auto`` (calibrate), ``always`` (vmap when there are several seeds) or ``never``."""
-    first = specs[0]
-    data = job_data(first.job, first.cfg.device)
-    seeds = [s.seed for s in specs]
-    together = vectorise == "always" and len(seeds) > 1 or vectorise == "auto" and \
-        choose_vectorised(first.job, data, first.loss, first.cfg, seeds)
-    outs = run_seeds(first.job, data, first.loss, first.cfg, seeds, vectorised=together,
-                     on_step=on_step)
-    return [(_row(spec, data, out, len(seeds) if together else 1), _history(out))
-            for spec, out in zip(specs, outs, strict=True)]
-
-
-def run_spec(spec: RunSpec) -> tuple[dict[str, Any], list]:
-    """One run → its runs.csv row and history rows (what a pool worker does)."""
-    return run_group([spec], "never")[0]
+# --------------------------------------------------------------------------- execution
 
 
 def _seed_groups(runs: Sequence[RunSpec]) -> list[list[RunSpec]]:
-    """Consecutive runs that differ only in the seed, in plan order."""
+    """Runs that differ only in the seed, in plan order."""
     groups: dict[tuple, list[RunSpec]] = {}
     for r in runs:
         groups.setdefault((r.job.data_key, r.job.options_json, r.loss.key, r.cfg), []).append(r)
@@ -253,68 +240,205 @@ def shard(runs: list[RunSpec], rank: int, world_size: int) -> list[RunSpec]:
     return runs[rank::world_size]
 
 
-def execute(
-    runs: Sequence[RunSpec],
-    store: ResultStore,
-    *,
-    workers: int = 1,
-    plugins: Sequence[str] = (),
-    on_start: Callable[[RunSpec], None] | None = None,
-    on_step: Callable[[int], None] | None = None,
-    on_done: Callable[[RunSpec, dict[str, Any]], None] | None = None,
-    vectorise: str = "auto",
-) -> list[dict[str, Any]]:
-    """Run every run whose key is not in ``store`` yet; append each as it finishes.
+def _stack(plan: Plan, group: list[RunSpec], data: JobData, vectorise: str) -> bool:
+    """Whether the seeds of ``group`` train as one vmapped model (see ``vectorised``)."""
+    if len(group) < 2 or vectorise == "never":
+        return False
+    first = group[0]
+    return vectorise == "always" or plan.calibration.choose(
+        first.job, data, first.loss, first.cfg, [s.seed for s in group])
 
-    In one process, the seeds of a (job, loss, settings) train together as one vmapped
-    model when ``vectorise`` allows it and it is faster (``engine.choose_vectorised``).
-    """
+
+def _run_group(plan: Plan, group: list[RunSpec], store: ResultStore, vectorise: str,
+               progress: Progress) -> None:
+    """The seeds of one (job, loss, settings): stacked when allowed and faster (each row
+    written when the stack finishes), else one by one (each row written as its run
+    finishes)."""
+    first = group[0]
+    data = plan.data[first.job.data_key]
+    if _stack(plan, group, data, vectorise):
+        progress.start(first)
+        outs = run_seeds(first.job, data, first.loss, first.cfg, [s.seed for s in group],
+                         vectorised=True, on_step=progress.step)
+        for spec, out in zip(group, outs, strict=True):
+            _write(store, progress, spec, result_of(spec, data, out, len(group)), out)
+        return
+    for spec in group:
+        progress.start(spec)
+        out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, progress.step)
+        _write(store, progress, spec, result_of(spec, data, out), out)
+
+
+def _write(store: ResultStore, progress: Progress, spec: RunSpec, result: RunResult,
+           out: RunOutcome) -> None:
+    store.append(result, history_of(out))
+    progress.done(spec, result)
+
+
+def execute(plan: Plan, store: ResultStore, *, runs: Sequence[RunSpec] | None = None,
+            workers: int = 1, plugins: Sequence[str] = (), vectorise: str = "auto",
+            progress: Progress | None = None) -> None:
+    """Run every run of ``runs`` (default: the plan's) not in ``store`` yet; append each
+    as it finishes."""
+    progress = progress or _Silent()
     done = store.finished_keys()
-    todo = [r for r in runs if r.key not in done]
-    rows = []
+    todo = [r for r in (plan.runs if runs is None else runs) if r.key not in done]
     if workers > 1 and len(todo) > 1:
-        return _execute_pool(todo, store, workers, plugins, on_start, on_done)
+        _execute_pool(todo, store, workers, plugins, progress)
+        return
     for group in _seed_groups(todo):
-        if on_start:
-            on_start(group[0])
-        for spec, (row, history) in zip(group, run_group(group, vectorise, on_step),
-                                        strict=True):
-            store.append(row, history)
-            rows.append(row)
-            if on_done:
-                on_done(spec, row)
-    return rows
+        _run_group(plan, group, store, vectorise, progress)
+
+
+_WORKER_DATA: dict[tuple, JobData] = {}  # in a pool worker: its data, loaded once
 
 
 def _init_worker(threads: int, plugins: Sequence[str]) -> None:
     torch.set_num_threads(threads)
-    for p in plugins:
-        load_plugin(p)
+    load_plugins(plugins)
 
 
-def _execute_pool(todo, store, workers, plugins, on_start, on_done) -> list[dict[str, Any]]:
+def run_spec(spec: RunSpec) -> tuple[RunResult, list]:
+    """One run → its row and history rows (what a pool worker does)."""
+    key = (spec.job.data_key, spec.cfg.device)
+    if key not in _WORKER_DATA:
+        _WORKER_DATA[key] = spec.job.load_data().to(spec.cfg.device)
+    data = _WORKER_DATA[key]
+    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed)
+    return result_of(spec, data, out), history_of(out)
+
+
+def _execute_pool(todo: list[RunSpec], store: ResultStore, workers: int,
+                  plugins: Sequence[str], progress: Progress) -> None:
     """A pool of worker processes, CPU threads divided among them; this process writes."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    rows = []
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads, tuple(plugins))) as pool:
-        pending = {}
-        queue = list(todo)
+        pending, queue = {}, list(todo)
         while queue or pending:
             while queue and len(pending) < workers:
                 spec = queue.pop(0)
-                if on_start:
-                    on_start(spec)
+                progress.start(spec)
                 pending[pool.submit(run_spec, spec)] = spec
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 spec = pending.pop(fut)
-                row, history = fut.result()
-                store.append(row, history)
-                rows.append(row)
-                if on_done:
-                    on_done(spec, row)
-    return rows
+                result, history = fut.result()
+                store.append(result, history)
+                progress.done(spec, result)
+
+
+# --------------------------------------------------------------------------- the run path
+
+
+@dataclass
+class SweepResult:
+    plan: Plan
+    runs: Any  # pandas.DataFrame of the plan's runs (read back from the store)
+    root: Path
+
+
+def run(requests: Sequence[JobRequest], root: Path, *, device: str = "cpu",
+        bf16: bool = False, workers: int = 1, plugins: Sequence[str] = (),
+        vectorise: str = "auto", progress: Callable[[int, int], Any] | None = None,
+        meta: dict[str, Any] | None = None) -> SweepResult | None:
+    """Plan, resume and execute; on rank 0 return the plan, its runs and the run directory.
+
+    ``progress(total, already_done)`` makes a context manager that yields a ``Progress``.
+    Under torchrun each rank runs its share and writes its own shard; ranks other than 0
+    return None.
+    """
+    rank, world, device = _distributed(device)
+    plan = make_plan(requests, device, bf16)
+    store = ResultStore(root, shard=f"rank{rank}" if world > 1 else None)
+    mine = shard(plan.runs, rank, world)
+    done = store.finished_keys()
+    if rank == 0:
+        store.write_meta(run_meta(plan, device, world_size=world, workers=workers,
+                                  **(meta or {})))
+    with (progress or _no_progress)(len(mine), sum(r.key in done for r in mine)) as bars:
+        execute(plan, store, runs=mine, workers=workers, plugins=plugins,
+                vectorise=vectorise, progress=bars)
+    _barrier(world)
+    if rank != 0:
+        return None
+    runs = read_runs(store.root)
+    return SweepResult(plan, runs[runs["run_key"].isin(plan.keys())], store.root)
+
+
+def run_suite(suite_file: Path, out_dir: Path | None = None, **kwargs: Any
+              ) -> SweepResult | None:
+    """``run`` for a suite file; the run directory defaults to results/runs/<suite name>."""
+    from losscli.suite import load_suite
+
+    suite = load_suite(suite_file)
+    root = out_dir or Path("results") / "runs" / suite.name
+    return run(suite.requests, root, meta={"suite": str(suite_file)}, **kwargs)
+
+
+class _no_progress:  # noqa: N801  (used like a function that makes a context manager)
+    def __init__(self, total: int, done: int):
+        pass
+
+    def __enter__(self) -> Progress:
+        return _Silent()
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def run_meta(plan: Plan, device: str, **extra: Any) -> dict[str, Any]:
+    """meta.json: the command line, versions, device, git commit, what was planned."""
+    return {
+        "command": shlex.join(["losscli", *sys.argv[1:]]),
+        "jobs": sorted({r.job.name for r in plan.runs}),
+        "job_options": {r.job.name: r.job.options for r in plan.runs},
+        "data_sources": {k[0]: v for k, v in plan.sources.items()},
+        "losses": sorted({r.loss.spec for r in plan.runs}),
+        "seeds": sorted({r.seed for r in plan.runs}),
+        "planned_runs": len(plan.runs),
+        "config": {r.job.name: r.cfg.identity() for r in plan.runs},
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "threads": torch.get_num_threads(),
+        "versions": versions(),
+        "git_commit": _git_commit(),
+        "started_at": datetime.now(timezone.utc).isoformat(),
+        **extra,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None
+
+
+def _distributed(device: str) -> tuple[int, int, str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; gloo on CPU, NCCL on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        # ranks finish their shards at different times: wait long at the final barrier
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=24))
+    return dist.get_rank(), world, "cuda" if cuda else device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()

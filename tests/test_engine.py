@@ -4,11 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from losscli.engine import TrainConfig, run_one
+from losscli.engine import run_one
 from losscli.jobs import JobData
 from losscli.jobs.classification import MnistJob
 from losscli.losses import create_loss, register_loss
 from losscli.losses import registry as reg
+from losscli.settings import Settings
 
 
 class BlobsJob(MnistJob):
@@ -21,11 +22,11 @@ class BlobsJob(MnistJob):
         x = centers[y] + torch.randn(600, 8, generator=g)
         return JobData(x[:500], y[:500], x[500:], y[500:], "blobs")
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, data: JobData) -> nn.Module:
         return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
-CFG = TrainConfig(steps=60, batch_size=50, lr=1e-2, eval_every=20, warmup_steps=2)
+CFG = Settings(steps=60, batch_size=50, lr=1e-2, eval_every=20, warmup_steps=2).resolve(500, "b")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,8 @@ def test_vectorised_seeds_match_sequential_after_50_steps(job_data):
     from losscli.engine import run_seeds
 
     job, data = job_data
-    cfg = TrainConfig(steps=50, batch_size=50, lr=1e-2, eval_every=25, warmup_steps=2)
+    cfg = Settings(steps=50, batch_size=50, lr=1e-2, eval_every=25, warmup_steps=2).resolve(
+        500, "blobs")
     for spec in ("ce", "focal:gamma=2", "0.5*ce+bce_logits"):
         seq = run_seeds(job, data, create_loss(spec), cfg, [0, 1, 2])
         vec = run_seeds(job, data, create_loss(spec), cfg, [0, 1, 2], vectorised=True)
@@ -132,7 +134,7 @@ def test_vectorised_divergence_is_a_result(job_data, scratch_registry):
 
 
 def test_calibration_falls_back_when_vmap_cannot_batch(job_data, scratch_registry):
-    from losscli.engine import choose_vectorised
+    from losscli.vectorised import Calibration
 
     @register_loss("host_sync", family="classification", pred="logits", target="index",
                    description="reads a value on the host", reference="test")
@@ -141,21 +143,18 @@ def test_calibration_falls_back_when_vmap_cannot_batch(job_data, scratch_registr
         return value * 2 if value.item() > 100 else value  # .item() cannot be vmapped
 
     job, data = job_data
-    assert not choose_vectorised(job, data, create_loss("host_sync"), CFG, [0, 1])
+    assert not Calibration().choose(job, data, create_loss("host_sync"), CFG, [0, 1])
 
 
-def test_calibration_once_per_job_and_loss_support_per_loss(job_data, monkeypatch):
-    import losscli.engine as engine
+def test_calibration_once_per_job_and_loss_support_per_loss(job_data, scratch_registry):
+    from losscli.vectorised import Calibration
 
     calls = []
 
-    def fake_calibrate(job, data, loss, cfg, seeds, steps):
-        calls.append(loss.key)
-        return True  # "vectorised is faster" for this job
-
-    monkeypatch.setattr(engine, "_CHOICE", {})
-    monkeypatch.setattr(engine, "_BATCHES", {})
-    monkeypatch.setattr(engine, "_calibrate", fake_calibrate)
+    class Counted(Calibration):
+        def calibrate(self, job, data, loss, cfg, seeds):
+            calls.append(loss.key)
+            return True  # "vectorised is faster" for this job
 
     @register_loss("host_sync2", family="classification", pred="logits", target="index",
                    description="reads a value on the host", reference="test")
@@ -164,7 +163,31 @@ def test_calibration_once_per_job_and_loss_support_per_loss(job_data, monkeypatc
         return value * 2 if value.item() > 100 else value
 
     job, data = job_data
-    assert engine.choose_vectorised(job, data, create_loss("ce"), CFG, [0, 1])
-    assert engine.choose_vectorised(job, data, create_loss("focal:gamma=2"), CFG, [0, 1])
-    assert not engine.choose_vectorised(job, data, create_loss("host_sync2"), CFG, [0, 1])
+    cal = Counted()
+    assert cal.choose(job, data, create_loss("ce"), CFG, [0, 1])
+    assert cal.choose(job, data, create_loss("focal:gamma=2"), CFG, [0, 1])
+    assert not cal.choose(job, data, create_loss("host_sync2"), CFG, [0, 1])
     assert calls == ["ce"]  # one timing per job and settings; support checked per loss
+    assert not Counted().faster  # the cache belongs to its owner, not to the module
+
+
+@pytest.mark.parametrize("seeds", [1, 2, 3])
+def test_loss_timed_once_per_seed_not_per_seed_squared(job_data, monkeypatch, seeds):
+    """Regression: each live seed asked the trainer for every seed's loss time (S² calls)."""
+    import losscli.engine as engine
+    import losscli.vectorised as vectorised
+    from losscli.engine import run_seeds
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return 1.0
+
+    monkeypatch.setattr(engine, "loss_ms", counting)
+    monkeypatch.setattr(vectorised, "loss_ms", counting)
+    job, data = job_data
+    outs = run_seeds(job, data, create_loss("ce"), CFG, list(range(seeds)),
+                     vectorised=seeds > 1)
+    assert all(o.status == "ok" and o.loss_ms_per_step == 1.0 for o in outs)
+    assert len(calls) == seeds

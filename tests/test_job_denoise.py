@@ -90,7 +90,7 @@ def test_fashion_dataset(no_weights):
 @pytest.mark.parametrize("options, match", [
     ({"sigma": 0}, "sigma"), ({"sigma": "big"}, "sigma"), ({"dataset": "cifar"}, "mnist, fashion"),
     ({"noisy_copies": 0}, "noisy_copies"), ({"n_test": 1.5}, "n_test"),
-    ({"binary": True}, "does not apply"),
+    ({"binary": True}, "unknown option 'binary' for task 'denoise'"),
 ])
 def test_bad_options_are_usage_errors(options, match):
     with pytest.raises(UsageError, match=match):
@@ -160,6 +160,12 @@ def test_missing_lpips_weights_are_a_usage_error(no_weights):
         job.bind(create_loss("lpips:net=squeeze"))(*job.probe())
 
 
+def test_lpips_metric_without_weights_is_refused_at_plan_time(no_weights):
+    assert "lpips" not in create_job("denoise").metrics  # the cache never decides
+    with pytest.raises(UsageError, match="--lpips needs the SqueezeNet"):
+        create_job("denoise", lpips=True)
+
+
 def test_default_losses_all_apply(no_weights):
     job = create_job("denoise")
     assert "l1" in job.task.losses and MS_SSIM_28 in job.task.losses
@@ -203,12 +209,12 @@ def test_evaluate_reports_the_gain_over_the_noisy_input(no_weights):
     job = small()
     data = job.load_data()
     assert job.metrics == ("psnr", "ssim", "psnr_gain")
-    m = job.evaluate(nn.Identity(), data)  # "denoiser" that returns its (noisy) input
+    m = job.evaluate(nn.Identity(), data, None)  # "denoiser" that returns its (noisy) input
     assert m["psnr"] == pytest.approx(data.extra["psnr_input"], abs=1e-4)
     assert m["psnr_gain"] == pytest.approx(0.0, abs=1e-4)
     perfect = JobData(data.train_x, data.train_y, data.test_y + 0.01, data.test_y, "t",
                       dict(data.extra))
-    m = job.evaluate(nn.Identity(), perfect)
+    m = job.evaluate(nn.Identity(), perfect, None)
     assert m["psnr"] == pytest.approx(40.0, abs=1e-3) and m["psnr_gain"] > 25
 
 
@@ -223,14 +229,15 @@ def test_lpips_metric_appears_when_its_weights_are_cached(tmp_path, monkeypatch)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     image_losses.clear_network_cache()
     try:
-        job = small(n_test=20)
+        assert "lpips" not in small(n_test=20).metrics  # only when asked for
+        job = small(n_test=20, lpips=True)
         assert job.metrics[-1] == "lpips"
         data = job.load_data()
-        m = job.evaluate(nn.Identity(), data)
+        m = job.evaluate(nn.Identity(), data, None)
         assert m["lpips"] > 0 and math.isfinite(m["lpips"])
         clean = JobData(data.train_x, data.train_y, data.test_y, data.test_y, "t",
                         dict(data.extra))
-        assert job.evaluate(nn.Identity(), clean)["lpips"] == pytest.approx(0.0, abs=1e-6)
+        assert job.evaluate(nn.Identity(), clean, None)["lpips"] == pytest.approx(0.0, abs=1e-6)
     finally:
         image_losses.clear_network_cache()
 

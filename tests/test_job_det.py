@@ -125,7 +125,7 @@ def test_data_dir_reads_a_voc_folder_through_the_same_reader(tiny_root):
         create_job("det", data_dir=str(tiny_root), year="2012").load_data()
     with pytest.raises(UsageError, match="no training object of class cat"):
         create_job("det", data_dir=str(tiny_root), classes="zero,cat").load_data()
-    with pytest.raises(UsageError, match="year= applies only with --data-dir"):
+    with pytest.raises(UsageError, match="--year applies only with --data-dir"):
         create_job("det", year="2012")
 
 
@@ -144,7 +144,7 @@ def test_default_boxes_equal_torchvision():
 
 def test_model_output_lines_up_with_default_boxes():
     job = DetectionJob()
-    model = job.build_model()
+    model = job.build_model(None)  # the model does not depend on the data
     out = model(torch.zeros(2, 3, 64, 64))
     assert out.shape == (2, job.anchors.shape[0], 4 + job.num_classes) == (2, 336, 9)
     # prior init: every object class starts at probability 0.01 (sigmoid), background wins
@@ -197,9 +197,10 @@ def test_composed_spec_equals_the_detection_loss_it_spells():
     """sigmoid_focal + smooth_l1 (beta .11) term by term = RetinaNet's focal_det."""
     job = DetectionJob()
     output, target = _batch(job, 1)
-    composed = job.bind(create_loss("sigmoid_focal+smooth_l1:beta=0.11"))(output, target)
-    torch.testing.assert_close(composed, job.bind(create_loss("focal_det"))(output, target))
-    assert job.sigmoid_scores
+    objective = job.bind(create_loss("sigmoid_focal+smooth_l1:beta=0.11"))
+    torch.testing.assert_close(objective(output, target),
+                               job.bind(create_loss("focal_det"))(output, target))
+    assert objective.scores == "sigmoid"
 
 
 def test_giou_term_uses_decoded_positive_boxes_only():
@@ -233,13 +234,14 @@ def test_softmax_classification_term_covers_every_non_ignored_anchor():
     target[0, :50, 4] = torch.where(target[0, :50, 4] == 0, -1.0, target[0, :50, 4])  # ignore
     labels = target[..., 4].long()
     n_pos = (labels > 0).sum()
-    value = job.bind(create_loss("ce+l1"))(output, target)
+    objective = job.bind(create_loss("ce+l1"))
+    value = objective(output, target)
     ce = torch.nn.functional.cross_entropy(output[..., 4:].reshape(-1, job.num_classes),
                                            labels.reshape(-1), reduction="sum",
                                            ignore_index=-1) / n_pos
     l1 = (output[..., :4] - target[..., :4]).abs().sum(-1)[labels > 0].sum() / n_pos
     torch.testing.assert_close(value, ce + l1, rtol=1e-5, atol=1e-5)
-    assert not job.sigmoid_scores
+    assert objective.scores == "softmax"
 
 
 def test_objective_runs_on_meta_tensors_so_it_never_syncs():
@@ -290,10 +292,12 @@ def test_map_of_a_perfect_and_a_wrong_detector(monkeypatch, tmp_path, sigmoid):
     monkeypatch.setenv("LOSSCLI_CACHE", str(tmp_path))
     job = create_job("det", max_images=16)
     data = job.load_data()
-    job.sigmoid_scores = sigmoid
-    perfect = job.evaluate(_Oracle(data.test_y, job.num_classes), data)
+    objective = job.bind(create_loss("sigmoid_focal+giou" if sigmoid else "ssd"))
+    assert objective.scores == ("sigmoid" if sigmoid else "softmax")
+    perfect = job.evaluate(_Oracle(data.test_y, job.num_classes), data, objective)
     assert perfect["map50"] == pytest.approx(1.0) and perfect["map"] > 0.95
-    wrong = job.evaluate(_Oracle(data.test_y, job.num_classes, wrong_class=True), data)
+    wrong = job.evaluate(_Oracle(data.test_y, job.num_classes, wrong_class=True), data,
+                         objective)
     assert wrong["map50"] == 0.0 and wrong["map"] == 0.0
 
 
@@ -330,10 +334,11 @@ def test_plan_refuses_losses_that_cannot_train_det(tmp_path, spec, expected):
 
 
 def test_bad_job_options_exit_2(tmp_path):
-    for args, expected in ((["--image-size", "50"], "multiple of 32"),
-                           (["--classes", "zero,cat"], "--classes takes"),
-                           (["--fg-fraction", "0.1"], "does not apply to task 'det'"),
-                           (["--opt", "max_objects=0"], "max_objects= takes an integer")):
+    cases = ((["--image-size", "50"], "multiple of 32"),
+             (["--classes", "zero,cat"], "--classes takes"),
+             (["--fg-fraction", "0.1"], "unknown option '--fg-fraction' for task 'det'"),
+             (["--opt", "max_objects=0"], "--max-objects (option max_objects of det) must be"))
+    for args, expected in cases:
         res = runner.invoke(app, ["train", "--task", "det", "--loss", "ssd", "--quiet",
                                   "--out", str(tmp_path / "never"), *args])
         assert res.exit_code == 2, res.output

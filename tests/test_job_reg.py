@@ -198,22 +198,22 @@ def test_metrics_on_known_inputs():
     job = create_job("reg")
     data = job.load_data()
     y = data.test_y
-    exact = job.evaluate(_Fixed(y.clone()), data)
+    exact = job.evaluate(_Fixed(y.clone()), data, None)
     assert exact["rmse"] == pytest.approx(0, abs=1e-6) and exact["r2"] == pytest.approx(1)
-    off = job.evaluate(_Fixed(y + 0.5), data)
+    off = job.evaluate(_Fixed(y + 0.5), data, None)
     assert off["rmse"] == pytest.approx(0.5, rel=1e-5) and off["mae"] == pytest.approx(0.5)
-    mean = job.evaluate(_Fixed(torch.full_like(y, y.mean().item())), data)
+    mean = job.evaluate(_Fixed(torch.full_like(y, y.mean().item())), data, None)
     assert mean["r2"] == pytest.approx(0, abs=1e-5)
     assert mean["rmse"] == pytest.approx(y.std(unbiased=False).item(), rel=1e-4)
 
 
 def test_model_is_vmappable_over_stacked_seeds():
     job = create_job("reg", features=3, n_train=20, n_test=10)
-    job.load_data()
+    data = job.load_data()
     models = []
     for seed in range(3):
         torch.manual_seed(seed)
-        models.append(job.build_model())
+        models.append(job.build_model(data))
     params, buffers = torch.func.stack_module_state(models)
     x = torch.randn(5, 3)
 
@@ -253,8 +253,8 @@ def test_cli_reg_from_csv(tmp_path, table):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--noise", "cauchy"], "noise must be one of"),
-    (["--sigma", "0.1"], "does not apply to task 'reg'"),
+    (["--noise", "cauchy"], "--noise (option noise of reg) must be one of"),
+    (["--sigma", "0.1"], "unknown option '--sigma' for task 'reg'"),
     (["--loss", "ce"], "losses that apply to reg"),
     (["--csv", "/nonexistent.csv", "--target", "y"], "no such file"),
 ])

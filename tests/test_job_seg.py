@@ -106,10 +106,12 @@ def test_generator_rejects_bad_knobs(kw, match):
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"image_size": 30}, "multiple of 4"), ({"num_classes": 9}, "at most 6"),
-    ({"fg_fraction": 0.0}, "fg-fraction"), ({"n_train": 0}, "--opt n_train="),
-    ({"noise": "loud"}, "--noise must be a number"), ({"noise": -0.5}, "noise must be >= 0"),
-    ({"binary": "yes"}, "--binary"), ({"sigma": 0.3}, "does not apply"),
+    ({"image_size": 30}, "multiple of 4"), ({"num_classes": 9}, r"in \[1, 6\]"),
+    ({"fg_fraction": 0.0}, "fg-fraction"), ({"n_train": 0}, "--n-train"),
+    ({"pixel_noise": "loud"}, "--pixel-noise .* must be a number"),
+    ({"pixel_noise": -0.5}, "must be a number >= 0"),
+    ({"noise": 0.1}, "did you mean 'pixel_noise'"),
+    ({"binary": "maybe"}, "--binary"), ({"sigma": 0.3}, "unknown option 'sigma' for task 'seg'"),
 ])
 def test_bad_options_are_usage_errors(options, match):
     with pytest.raises(UsageError, match=match):
@@ -117,7 +119,7 @@ def test_bad_options_are_usage_errors(options, match):
 
 
 def test_noise_given_as_text_on_the_command_line_is_a_number():
-    assert create_job("seg", noise="0.25").noise == 0.25
+    assert create_job("seg", pixel_noise="0.25").option("pixel_noise") == 0.25
 
 
 def test_load_data_uses_the_knobs_and_a_separate_test_stream():
@@ -136,8 +138,8 @@ def test_binary_variant_masks_and_families():
     job = create_job("seg", binary=True, image_size=16, n_train=30, n_test=10)
     data = job.load_data()
     assert set(data.train_y.unique().tolist()) == {0, 1}
-    assert isinstance(job.build_model()(data.test_x[:2]), torch.Tensor)
-    assert job.build_model()(data.test_x[:2]).shape == (2, 1, 16, 16)
+    assert isinstance(job.build_model(data)(data.test_x[:2]), torch.Tensor)
+    assert job.build_model(data)(data.test_x[:2]).shape == (2, 1, 16, 16)
     names = compatible_losses(job)
     assert "bce_logits" in names and "dice" in names and "lovasz" in names
     assert "ce" not in names and "focal" not in names
@@ -224,11 +226,12 @@ def test_evaluate_scores_a_perfect_and_a_wrong_model():
     y = make_segmentation(10, image_size=16, num_classes=2).masks
     onehot = F.one_hot(y, 3).permute(0, 3, 1, 2).float()
     data = JobData(onehot, y, onehot, y, "test")
-    assert job.evaluate(_OneHotToLogits(), data) == {"miou": 1.0, "dice": 1.0, "pixel_acc": 1.0}
+    perfect = {"miou": 1.0, "dice": 1.0, "pixel_acc": 1.0}
+    assert job.evaluate(_OneHotToLogits(), data, None) == perfect
     background = torch.zeros_like(onehot)
     background[:, 0] = 1
     data = JobData(background, y, background, y, "test")
-    m = job.evaluate(_OneHotToLogits(), data)
+    m = job.evaluate(_OneHotToLogits(), data, None)
     fg = (y > 0).float().mean().item()
     assert m["pixel_acc"] == pytest.approx(1 - fg) and m["dice"] == 0.0
     assert m["miou"] == pytest.approx((1 - fg) / 3)  # only background has an IoU above 0
@@ -289,7 +292,7 @@ def test_train_seg_binary_end_to_end(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["--binary", "--loss", "ce"], "binary seg variant"),
     (["--loss", "mse"], "losses that apply to seg"),
-    (["--sigma", "0.2", "--loss", "ce"], "--sigma does not apply"),
+    (["--sigma", "0.2", "--loss", "ce"], "unknown option '--sigma' for task 'seg'"),
     (["--image-size", "18", "--loss", "ce"], "multiple of 4"),
 ])
 def test_usage_errors_exit_2(args, expected, tmp_path):

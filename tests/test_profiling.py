@@ -9,30 +9,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losscli.engine import TrainConfig
 from losscli.jobs import create_job
 from losscli.losses import create_loss, register_loss
 from losscli.losses.image import MissingWeightsError
 from losscli.profiling import profile_steps
-from losscli.sweep import job_data
+from losscli.settings import Settings
 
 JOBS = ("mnist", "reg", "imbalanced", "seg", "denoise", "det")  # fashion: mnist's step
 
 
-def _cfg(job, batch_size: int | None = None) -> TrainConfig:
-    b = job.task.budget
-    return TrainConfig(steps=2, batch_size=batch_size or b.batch_size, lr=b.lr,
-                       optimizer=b.optimizer)
+def _cfg(job, data, batch_size: int | None = None) -> Settings:
+    return job.settings(data, Settings(steps=2, batch_size=batch_size))
 
 
 @pytest.mark.parametrize("task", JOBS)
 def test_training_step_has_no_host_sync(task):
     job = create_job(task)
-    data = job_data(job, "cpu")
+    data = job.load_data()
     for spec in job.task.losses:
         loss = create_loss(spec)
         try:
-            p = profile_steps(job, data, loss, _cfg(job, 16), steps=2, warmup=1)
+            p = profile_steps(job, data, loss, _cfg(job, data, 16), steps=2, warmup=1)
         except MissingWeightsError:  # lpips/dists without their downloaded weights
             continue
         assert p.syncs == {}, f"{task} {spec}: host syncs per step {p.syncs}"
@@ -48,7 +45,7 @@ def test_the_check_sees_a_host_sync():
         return value + 0 * picked.sum() + 0 * float(value)  # .item()
 
     job = create_job("mnist")
-    p = profile_steps(job, job_data(job, "cpu"), create_loss("syncs"), _cfg(job, 16), steps=2,
-                      warmup=1)
+    data = job.load_data()
+    p = profile_steps(job, data, create_loss("syncs"), _cfg(job, data, 16), steps=2, warmup=1)
     assert p.syncs.get("aten::nonzero", 0) >= 1
     assert p.syncs.get("aten::_local_scalar_dense", 0) >= 1

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from losscli.cli import app
 from losscli.errors import UsageError
-from losscli.results import RUN_COLUMNS, ResultStore, read_history, read_runs
+from losscli.results import RUN_COLUMNS, ResultStore, RunResult, read_history, read_runs
 from losscli.suite import expand_grid, load_suite
 
 runner = CliRunner()
@@ -90,13 +90,13 @@ def test_partial_trailing_lines_are_repaired(tmp_path):
     store = ResultStore(tmp_path)
     row = dict.fromkeys(RUN_COLUMNS, "") | {"run_key": "a", "status": "ok",
                                           "finished_at": "1"}
-    store.append(row, [(1, "test", "accuracy", 0.5)])
+    store.append(RunResult(**row), [(1, "test", "accuracy", 0.5)])
     with open(store.runs_path, "a") as f:  # a writer killed mid-line
         f.write("b,mnist,{},ce")
     with open(store.history_path, "a") as f:
         f.write("b,1,te")
     assert list(read_runs(tmp_path)["run_key"]) == ["a"]
-    store.append(row | {"run_key": "c"}, [(1, "test", "accuracy", 0.7)])
+    store.append(RunResult(**row | {"run_key": "c"}), [(1, "test", "accuracy", 0.7)])
     assert list(read_runs(tmp_path)["run_key"]) == ["a", "c"]
     assert list(read_history(tmp_path)["run_key"]) == ["a", "c"]
     assert pd.read_csv(store.runs_path).shape[0] == 2  # the file itself parses

@@ -14,7 +14,10 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-app.command("train")(train.train)
+# job options arrive as flags typer does not know; train checks them against the job
+app.command("train", context_settings={"allow_extra_args": True,
+                                       "ignore_unknown_options": True},
+            epilog=train.JOB_OPTIONS_HELP)(train.train)
 app.command("sweep")(sweep.sweep)
 app.command("check")(check.check)
 app.command("baseline")(check.baseline)

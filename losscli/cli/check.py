@@ -22,22 +22,20 @@ SuiteOpt = Annotated[Path | None, typer.Option(
 def _runs(run_dir: Path | None, suite: Path | None, out_dir: Path | None, device: Device,
           quiet: bool, plugins: list[str]):
     """The runs to judge: read from ``run_dir``, or produced by running ``suite``."""
-    from losscli.jobs import create_job
+    from losscli.cli.common import cli_device
+    from losscli.cli.running import progress_factory
     from losscli.results import read_runs
+    from losscli.sweep import load_plugins, run_suite
 
     if (run_dir is None) == (suite is None):
         raise UsageError("give either a RUN_DIR or --suite SUITE.toml")
     if suite is not None:
-        from losscli.cli.sweep import run_suite
-
         root = out_dir or Path(tempfile.mkdtemp(prefix="losscli-check-"))
-        _, runs, _ = run_suite(suite, root, device=device, plugins=plugins, quiet=quiet)
-    else:
-        if not (run_dir / "runs.csv").exists() and not list(run_dir.glob("runs.*.csv")):
-            raise UsageError(f"{run_dir} holds no runs.csv")
-        runs = read_runs(run_dir)
-    maximize = {name: create_job(name).maximize for name in runs["job"].unique()}
-    return runs, maximize
+        return run_suite(suite, root, device=cli_device(device),
+                         plugins=load_plugins(plugins), progress=progress_factory(quiet)).runs
+    if not (run_dir / "runs.csv").exists() and not list(run_dir.glob("runs.*.csv")):
+        raise UsageError(f"{run_dir} holds no runs.csv")
+    return read_runs(run_dir)
 
 
 @handle_errors
@@ -53,8 +51,7 @@ def baseline(
     from losscli.check import make_baseline
     from losscli.results import WriteError
 
-    runs, maximize = _runs(run_dir, suite, None, device, quiet, [])
-    base = make_baseline(runs, maximize)
+    base = make_baseline(_runs(run_dir, suite, None, device, quiet, []))
     try:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         base.to_csv(out_file, index=False)
@@ -86,7 +83,7 @@ def check(
     from losscli.check import compare, read_baseline, write_junit
 
     base = read_baseline(baseline_file)
-    runs, _ = _runs(run_dir, suite, out_dir, device, quiet, plugin or [])
+    runs = _runs(run_dir, suite, out_dir, device, quiet, plugin or [])
     verdicts = compare(runs, base)
     out.print(_table(verdicts, baseline_file))
     if junit:

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Device", "OutputFormat", "Vectorise", "err",
-           "handle_errors", "out"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Device", "OutputFormat", "Vectorise", "cli_device",
+           "err", "handle_errors", "out"]
 
 EXIT_FAILED = 1  # a run errored, output could not be written, or a check found a regression
 EXIT_USAGE = 2  # bad input: unknown names, incompatible pairs, malformed specs
@@ -43,6 +43,17 @@ class OutputFormat(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
+
+
+def cli_device(device: Device) -> str:
+    """The device to run on (``auto`` resolved); an unavailable one is a usage error."""
+    from losscli.engine import resolve_device
+    from losscli.errors import UsageError
+
+    try:
+        return str(resolve_device(device.value))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def handle_errors(fn: F) -> F:

@@ -1,53 +1,14 @@
-"""Shared by the commands that train (train, sweep, check): progress, meta, tables."""
+"""Shared by the commands that train (train, sweep, check): progress and tables."""
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 import sys
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
 
 from rich.markup import escape
 
 from losscli.cli.common import OutputFormat, err, out
 
-__all__ = ["RunProgress", "render_summary", "report_errors", "run_meta"]
-
-
-def run_meta(plan, device: str, **extra: Any) -> dict[str, Any]:
-    """meta.json: the command line, versions, device, git commit, what was planned."""
-    import torch
-
-    from losscli.sweep import versions
-
-    return {
-        "command": shlex.join(["losscli", *sys.argv[1:]]),
-        "jobs": sorted({r.job.name for r in plan.runs}),
-        "job_options": {r.job.name: r.job.options for r in plan.runs},
-        "data_sources": {k[0]: v for k, v in plan.sources.items()},
-        "losses": sorted({r.loss.spec for r in plan.runs}),
-        "seeds": sorted({r.seed for r in plan.runs}),
-        "planned_runs": len(plan.runs),
-        "config": {r.job.name: r.cfg.describe() for r in plan.runs},
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "threads": torch.get_num_threads(),
-        "versions": versions(),
-        "git_commit": _git_commit(),
-        "started_at": datetime.now(timezone.utc).isoformat(),
-        **extra,
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None
+__all__ = ["RunProgress", "render_summary", "report_errors"]
 
 
 class RunProgress:
@@ -74,6 +35,10 @@ class RunProgress:
         self._every = 1
 
     def __enter__(self) -> RunProgress:
+        """Yields itself: the ``Progress`` that ``losscli.sweep.run`` reports to."""
+        if self.skipped:
+            err.print(f"resuming: {self.skipped} of {self.total_runs} runs already finished",
+                      highlight=False)
         self.progress.__enter__()
         self.all = self.progress.add_task("all runs", total=self.total_runs,
                                           completed=self.skipped)
@@ -93,33 +58,44 @@ class RunProgress:
         if step % self._every == 0:  # a host-side counter only; no device sync
             self.progress.update(self.run, completed=step)
 
-    def done(self, spec, row: dict) -> None:
+    def done(self, spec, result) -> None:
         self.progress.advance(self.all)
         if self.quiet:
             return
-        colour = {"ok": "green", "diverged": "yellow"}.get(row["status"], "red")
+        colour = {"ok": "green", "diverged": "yellow"}.get(result.status, "red")
         self.progress.console.print(
-            f"[{colour}]{row['status']:>8}[/] " + escape(
-                f"{spec.job.name} {spec.loss.spec} seed {spec.seed}: {row['primary_metric']} "
-                f"{row['primary_final']:.4f}, {row['train_seconds']:.1f} s"), highlight=False)
+            f"[{colour}]{result.status:>8}[/] " + escape(
+                f"{spec.job.name} {spec.loss.spec} seed {spec.seed}: {result.primary_metric} "
+                f"{result.primary_final:.4f}, {result.train_seconds:.1f} s"), highlight=False)
 
 
-def render_summary(summary, jobs, plan, fmt: OutputFormat, root: Path) -> None:
-    """The summary on stdout as a table per job, CSV or JSON."""
+def progress_factory(quiet: bool):
+    """``losscli.sweep.run``'s ``progress``: a display for (total runs, already done)."""
+    return lambda total, done: RunProgress(total, quiet, skipped=done)
+
+
+def render_summary(result, fmt: OutputFormat) -> None:
+    """A sweep's summary on stdout as a table per job variant, CSV or JSON."""
     from losscli.render import summary_table
+    from losscli.results import summarize
 
+    summary = summarize(result.runs)
     if fmt is OutputFormat.csv:
         sys.stdout.write(summary.to_csv(index=False))
-        return
-    if fmt is OutputFormat.json:
+    elif fmt is OutputFormat.json:
         sys.stdout.write(summary.to_json(orient="records", indent=2) + "\n")
-        return
-    device = plan.runs[0].cfg.device if plan.runs else "?"
-    for job in jobs:
-        for variant, part in summary[summary["job"] == job.name].groupby("variant", sort=False):
-            source = plan.sources.get(job.data_key, "")
-            out.print(summary_table(part, job, f"{variant} · {source} · {device}"))
-    err.print(f"results: {root}", highlight=False)
+    else:
+        for job in result.plan.jobs():
+            source = result.plan.sources.get(job.data_key, "")
+            part = summary[summary["job"] == job.name] if len(summary) else summary
+            for variant, rows in part.groupby("variant", sort=False):
+                out.print(summary_table(rows, job, f"{variant} · {source}"))
+    mixed = summary[summary["threads"].str.contains(",")] if len(summary) else summary
+    for _, r in mixed.iterrows():
+        err.print(f"warning: {r['variant']} {r['loss']} mixes runs made with {r['threads']} "
+                  "CPU threads (their float rounding differs)", style="yellow",
+                  highlight=False, markup=False)
+    err.print(f"results: {result.root}", highlight=False)
 
 
 def report_errors(runs) -> bool:

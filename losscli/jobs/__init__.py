@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from losscli.errors import UnknownNameError
-from losscli.jobs.base import Budget, Job, JobData, TaskFile, load_task_file
+from losscli.jobs.base import Job, JobData, Objective, TaskFile, load_task_file
 from losscli.jobs.classification import FashionJob, MnistJob
 from losscli.jobs.denoise import DenoiseJob
 from losscli.jobs.detection import DetectionJob
@@ -13,7 +13,8 @@ from losscli.jobs.imbalanced import ImbalancedJob
 from losscli.jobs.regression import RegressionJob
 from losscli.jobs.segmentation import SegmentationJob
 
-__all__ = ["Budget", "Job", "JobData", "TaskFile", "create_job", "job_names", "list_jobs",
+__all__ = ["Job", "JobData", "Objective", "TaskFile", "create_job", "job_class", "job_names",
+           "list_jobs",
            "load_task_file", "resolve_job_name"]
 
 _JOBS: dict[str, type[Job]] = {cls.name: cls for cls in (MnistJob, FashionJob, RegressionJob,
@@ -39,5 +40,9 @@ def resolve_job_name(name: str) -> str:
     raise UnknownNameError("task", name, job_names(with_aliases=True))
 
 
+def job_class(name: str) -> type[Job]:
+    return _JOBS[resolve_job_name(name)]
+
+
 def create_job(name: str, **options: Any) -> Job:
-    return _JOBS[resolve_job_name(name)](**options)
+    return job_class(name)(**options)

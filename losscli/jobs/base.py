@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,10 +17,11 @@ import tomllib
 import torch
 from torch import Tensor, nn
 
-from losscli.errors import UsageError
 from losscli.losses import Family, Loss, LossInfo, Pred, Target
+from losscli.options import Option, validate_options
+from losscli.settings import Settings, layered
 
-__all__ = ["Budget", "Job", "JobData", "TaskFile", "eval_chunks", "load_task_file"]
+__all__ = ["Job", "JobData", "Objective", "Option", "TaskFile", "eval_chunks", "load_task_file"]
 
 
 def eval_chunks(x: Tensor) -> tuple[Tensor, ...]:
@@ -30,23 +31,10 @@ def eval_chunks(x: Tensor) -> tuple[Tensor, ...]:
 
 
 @dataclass(frozen=True)
-class Budget:
-    """Training settings a job declares in ``tasks/<job>.toml`` (``[budget]``)."""
-
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    eval_every: int | None = None  # steps; default: every epoch, or 10 evals per run
-
-
-@dataclass(frozen=True)
 class TaskFile:
     """A parsed ``tasks/<job>.toml``: the job's budget, default losses and target."""
 
-    budget: Budget
+    budget: Settings
     losses: tuple[str, ...]
     target: float
 
@@ -63,7 +51,7 @@ def load_task_file(name: str) -> TaskFile:
     with open(path, "rb") as f:
         doc = tomllib.load(f)
     return TaskFile(
-        budget=Budget(**doc.get("budget", {})),
+        budget=Settings(**doc.get("budget", {})).check(str(path)),
         losses=tuple(doc["defaults"]["losses"]),
         target=float(doc["defaults"]["target"]),
     )
@@ -90,8 +78,26 @@ class JobData:
         return self.train_x.shape[0]
 
 
+@dataclass(frozen=True)
+class Objective:
+    """A loss spec bound to a job: the training objective, and how the job reads the
+    outputs of a model trained with it (``scores``: e.g. ``sigmoid`` or ``softmax`` class
+    scores for detection). ``Job.bind`` makes it; ``Job.evaluate`` receives it."""
+
+    fn: Callable[[Tensor, Tensor], Tensor]
+    scores: str = "default"
+
+    def __call__(self, output: Tensor, target: Tensor) -> Tensor:
+        return self.fn(output, target)
+
+
 class Job(ABC):
-    """One standard training job. Subclasses fill in the class attributes and hooks."""
+    """One standard training job. Subclasses fill in the class attributes and hooks.
+
+    A job is immutable after ``__init__``: its options are validated there, and every
+    later phase (data, model, objective, metrics) depends on them and on its arguments
+    only, never on what an earlier phase left behind.
+    """
 
     name: str
     aliases: tuple[str, ...] = ()
@@ -99,28 +105,47 @@ class Job(ABC):
     model_name: str
     metrics: tuple[str, ...]
     primary_metric: str
-    maximize: bool = True
+    lower_is_better: frozenset[str] = frozenset()  # metrics where less is better
     families: frozenset[Family]
     preds: frozenset[Pred]  # the kinds the adapter can produce from the model's output
     targets: frozenset[Target]
-    option_help: Mapping[str, str] = {}
+    option_specs: Sequence[Option] = ()  # the job's options, declared once
     # May several seeds train as one torch.func.vmap-ed model? (no BatchNorm running stats,
     # no data-dependent shapes); the engine still calibrates and falls back when slower.
     vectorisable: bool = True
 
     def __init__(self, **options: Any):
-        """``options``: the job's knobs (``option_help`` names them); ``None`` means default."""
-        self.options = {k: v for k, v in options.items() if v is not None}
-        unknown = sorted(set(self.options) - set(self.option_help))
-        if unknown:
-            flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)  # noqa: E731
-            raise UsageError(f"{flags(unknown)} does not apply to task {self.name!r}; it takes: "
-                             f"{flags(self.option_help) or 'no options'}")
+        """``options``: values for ``option_specs`` (strings or typed); ``None`` = default."""
+        self.options = validate_options(self.option_specs, options, self.name)
         self.task = self.load_task()
+        self.check_options()
+
+    def option(self, name: str) -> Any:
+        """The value of option ``name``: as given, else its declared default."""
+        if name in self.options:
+            return self.options[name]
+        return next(o.default for o in self.option_specs if o.name == name)
+
+    def check_options(self) -> None:  # noqa: B027  (a hook: most jobs have no such rule)
+        """Rules that tie several options together (override; raise UsageError)."""
+
+    def settings(self, data: JobData, layer: Settings | None = None) -> Settings:
+        """The job's budget (task file) with ``layer`` on top, resolved for ``data``."""
+        return layered(self.task.budget, layer or Settings()).resolve(data.n_train, self.name)
 
     def load_task(self) -> TaskFile:
         """Budget, default losses and target: ``tasks/<name>.toml``."""
         return load_task_file(self.name)
+
+    @property
+    def maximize(self) -> bool:
+        """Whether a higher primary metric is better."""
+        return self.maximizes(self.primary_metric)
+
+    @classmethod
+    def maximizes(cls, metric: str) -> bool:
+        """Whether a higher ``metric`` is better: the one place this is decided."""
+        return metric not in cls.lower_is_better
 
     # -- hooks ---------------------------------------------------------------------
     @abstractmethod
@@ -128,7 +153,8 @@ class Job(ABC):
         """Resolve and load the data (CPU tensors). Raise UsageError when none is found."""
 
     @abstractmethod
-    def build_model(self) -> nn.Module: ...
+    def build_model(self, data: JobData) -> nn.Module:
+        """A fresh model for ``data`` (its shapes may depend on it)."""
 
     @abstractmethod
     def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor: ...
@@ -137,7 +163,8 @@ class Job(ABC):
     def adapt_target(self, target: Tensor, kind: Target, output: Tensor) -> Tensor: ...
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+                 ) -> dict[str, float]:
         """Metrics on the test split: one host sync per call, not per batch."""
 
     @abstractmethod
@@ -164,7 +191,7 @@ class Job(ABC):
                     "targets")
         return None
 
-    def bind(self, loss: Loss) -> Callable[[Tensor, Tensor], Tensor]:
+    def bind(self, loss: Loss) -> Objective:
         """The training objective: each term gets the output/target kinds it declares."""
         terms = [(t.coef, t, t.info.pred, t.info.target) for t in loss.terms]
 
@@ -182,4 +209,4 @@ class Job(ABC):
                 total = value if total is None else total + value
             return total
 
-        return objective
+        return Objective(objective)

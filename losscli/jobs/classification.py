@@ -9,10 +9,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_fashion, load_mnist
-from losscli.jobs.base import Job, JobData, eval_chunks
+from losscli.jobs.base import Job, JobData, Objective, Option, eval_chunks
 from losscli.losses import Family, Pred, Target
 
-__all__ = ["FashionJob", "MnistJob", "SmallCNN"]
+__all__ = ["DATA_OPTIONS", "FashionJob", "MnistJob", "SmallCNN"]
+
+# where the MNIST-style jobs (mnist, fashion, imbalanced, denoise) read their images
+DATA_OPTIONS = (
+    Option("data_dir", str, None, "torchvision-layout data root (DIR/MNIST/raw, "
+           "DIR/FashionMNIST/raw); default: the embedded MNIST 5k subset / Debian's "
+           "Fashion-MNIST files"),
+    Option("download", bool, False, "let torchvision download into data_dir (online only)"),
+)
 
 
 class SmallCNN(nn.Module):
@@ -40,14 +48,11 @@ class _ClassificationJob(Job):
     model_name = "SmallCNN (2 conv + 2 fc)"
     metrics = ("accuracy", "f1_macro", "ece", "nll")
     primary_metric = "accuracy"
-    maximize = True
+    lower_is_better = frozenset({"ece", "nll"})
     families = frozenset({Family.CLASSIFICATION, Family.BINARY})
     preds = frozenset({Pred.LOGITS, Pred.LOG_PROBS, Pred.PROBS})
     targets = frozenset({Target.INDEX, Target.BINARY})
-    option_help = {
-        "data_dir": "torchvision-layout data directory",
-        "download": "let torchvision download into data_dir (online only)",
-    }
+    option_specs = DATA_OPTIONS
     mean_std: tuple[float, float]
 
     def _raw(self) -> RawSplit:
@@ -63,7 +68,7 @@ class _ClassificationJob(Job):
         return JobData(prep(raw.train_images), raw.train_labels, prep(raw.test_images),
                        raw.test_labels, raw.source)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, data: JobData) -> nn.Module:
         return SmallCNN(num_classes=self.num_classes)
 
     def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor:
@@ -79,7 +84,8 @@ class _ClassificationJob(Job):
         return target
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+                 ) -> dict[str, float]:
         from torchmetrics.functional.classification import (
             multiclass_accuracy,
             multiclass_calibration_error,
@@ -107,8 +113,8 @@ class MnistJob(_ClassificationJob):
     mean_std = (0.1307, 0.3081)
 
     def _raw(self) -> RawSplit:
-        data_dir = self.options.get("data_dir")
-        return load_mnist(Path(data_dir) if data_dir else None, self.options.get("download", False))
+        data_dir = self.option("data_dir")
+        return load_mnist(Path(data_dir) if data_dir else None, self.option("download"))
 
 
 class FashionJob(_ClassificationJob):
@@ -118,6 +124,5 @@ class FashionJob(_ClassificationJob):
     mean_std = (0.2860, 0.3530)
 
     def _raw(self) -> RawSplit:
-        data_dir = self.options.get("data_dir")
-        return load_fashion(Path(data_dir) if data_dir else None,
-                            self.options.get("download", False))
+        data_dir = self.option("data_dir")
+        return load_fashion(Path(data_dir) if data_dir else None, self.option("download"))

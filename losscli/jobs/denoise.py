@@ -30,23 +30,22 @@ Metrics (torchmetrics, ``data_range=1``, means over test images): ``psnr`` (prim
 inside the image, as in Wang et al. 2004, pytorch_msssim and our ``ssim`` loss —
 torchmetrics 1.9 also averages the reflect-padded border positions, which on MNIST's black
 borders mostly measures how exactly 0 the background is; ``psnr_gain`` (``psnr`` minus the
-noisy input's); and ``lpips`` (LPIPS with the SqueezeNet trunk: AlexNet needs >= 31 px) only
-when its ImageNet weights are in the torch hub cache — offline they are not, and the metric
-is left out without a warning.
+noisy input's); and, with the ``lpips`` option, ``lpips`` (LPIPS with the SqueezeNet trunk:
+AlexNet needs >= 31 px), whose ImageNet weights must be in the torch hub cache (the option
+is refused at plan time when they are not: the metric set never depends on a cache).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_fashion, load_mnist
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData
+from losscli.jobs.base import Job, JobData, Objective, Option
+from losscli.jobs.classification import DATA_OPTIONS
 from losscli.losses import Family, Loss, Pred, Target
 
 __all__ = ["DenoiseJob", "ResidualDenoiser", "denoise_metrics"]
@@ -97,92 +96,79 @@ def denoise_metrics(pred: Tensor, target: Tensor) -> Tensor:
     ])
 
 
-def _lpips_available() -> bool:
-    from losscli.losses.image import backbone_checkpoint
-
-    return backbone_checkpoint(_LPIPS_NET).is_file()
-
-
 class DenoiseJob(Job):
     name = "denoise"
     aliases = ("denoising",)
     description = ("Gaussian denoising of MNIST digits (embedded 5k subset; or Fashion-MNIST), "
                    "noise fixed by the data seed")
     model_name = "ResidualDenoiser (5 conv, 32 ch, residual, [0, 1] output)"
-    metrics: tuple[str, ...] = ("psnr", "ssim", "psnr_gain")
     primary_metric = "psnr"
-    maximize = True
+    lower_is_better = frozenset({"lpips"})
     families = frozenset({Family.IMAGE, Family.REGRESSION})
     preds = frozenset({Pred.IMAGES, Pred.VALUES})
     targets = frozenset({Target.IMAGES, Target.VALUES})
-    option_help = {
-        "sigma": "std of the Gaussian noise on [0, 1] images (default 0.3)",
-        "dataset": "mnist (embedded real 5k subset) | fashion (default mnist)",
-        "noisy_copies": "independent noisy copies of each training image (default 4)",
-        "n_train": "clean training images, a fixed random subset (default 4000)",
-        "n_test": "test images, a fixed random subset (default 1000)",
-        "data_seed": "seed of the noise and the subsets (default 0)",
-        "data_dir": "torchvision-layout data directory",
-        "download": "let torchvision download into data_dir (online only)",
-    }
+    option_specs = (
+        Option("sigma", float, 0.3, "std of the Gaussian noise on [0, 1] images", low=0,
+               open_low=True),
+        Option("dataset", str, "mnist", "mnist (embedded real 5k subset) or fashion",
+               choices=_DATASETS),
+        Option("noisy_copies", int, 4, "independent noisy copies of each training image",
+               low=1),
+        Option("n_train", int, 4000, "clean training images, a fixed random subset", low=1),
+        Option("n_test", int, 1000, "test images, a fixed random subset", low=1),
+        Option("data_seed", int, 0, "seed of the noise and the subsets", low=0),
+        Option("lpips", bool, False, "also score LPIPS (SqueezeNet trunk); needs its "
+               "ImageNet weights in the torch hub cache"),
+        *DATA_OPTIONS,
+    )
 
-    def __init__(self, **options: Any):
-        super().__init__(**options)
-        o = self.options
-        self.sigma = o.get("sigma", 0.3)
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) \
-                or not self.sigma > 0:
-            raise UsageError(f"--sigma must be a number > 0, got {self.sigma!r}")
-        self.sigma = float(self.sigma)
-        self.dataset = o.get("dataset", "mnist")
-        if self.dataset not in _DATASETS:
-            raise UsageError(f"--opt dataset= must be one of {', '.join(_DATASETS)}, "
-                             f"got {self.dataset!r}")
-        self.copies = self._int("noisy_copies", 4, 1)
-        self.n_train = self._int("n_train", 4000, 1)
-        self.n_test = self._int("n_test", 1000, 1)
-        self.data_seed = self._int("data_seed", 0, 0)
-        if _lpips_available():
-            self.metrics = (*type(self).metrics, "lpips")
+    def check_options(self) -> None:
+        """``--lpips`` without the weights is refused now, not after training."""
+        from losscli.losses.image import backbone_checkpoint
 
-    def _int(self, key: str, default: int, low: int) -> int:
-        value = self.options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise UsageError(f"--opt {key}= must be an integer >= {low}, got {value!r}")
-        return value
+        path = backbone_checkpoint(_LPIPS_NET)
+        if self.option("lpips") and not path.is_file():
+            raise UsageError(f"--lpips needs the SqueezeNet ImageNet weights at {path} "
+                             "(nothing is downloaded; see `losscli list losses` for lpips)")
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Fixed by the options: LPIPS only when asked for."""
+        return ("psnr", "ssim", "psnr_gain", *(("lpips",) if self.option("lpips") else ()))
 
     # -- data ----------------------------------------------------------------------
     def _raw(self) -> RawSplit:
-        data_dir = self.options.get("data_dir")
-        load = load_mnist if self.dataset == "mnist" else load_fashion
-        return load(Path(data_dir) if data_dir else None, self.options.get("download", False))
+        data_dir = self.option("data_dir")
+        load = load_mnist if self.option("dataset") == "mnist" else load_fashion
+        return load(Path(data_dir) if data_dir else None, self.option("download"))
 
     def _subset(self, images: Tensor, n: int, gen: torch.Generator) -> Tensor:
         """A fixed random subset of ``n`` images as floats in [0, 1], ``[n, 1, 28, 28]``."""
         if n > len(images):
-            raise UsageError(f"{self.dataset} has {len(images)} images in this split; asked "
-                             f"for {n}")
+            raise UsageError(f"{self.option('dataset')} has {len(images)} images in this split; "
+                             f"asked for {n}")
         idx = torch.randperm(len(images), generator=gen)[:n]
         return (images[idx].float() / 255.0).unsqueeze(1).contiguous()
 
     def load_data(self) -> JobData:
-        raw = self._raw()
-        gen = torch.Generator().manual_seed(self.data_seed)
-        clean_train = self._subset(raw.train_images, self.n_train, gen)
-        train_y = clean_train.repeat(self.copies, 1, 1, 1)
-        train_x = train_y + self.sigma * torch.randn(train_y.shape, generator=gen)
-        test_gen = torch.Generator().manual_seed(self.data_seed + _TEST_STREAM)
-        test_y = self._subset(raw.test_images, self.n_test, test_gen)
-        test_x = test_y + self.sigma * torch.randn(test_y.shape, generator=test_gen)
+        raw, sigma, seed = self._raw(), self.option("sigma"), self.option("data_seed")
+        n_train, n_test, copies = (self.option(k) for k in ("n_train", "n_test",
+                                                            "noisy_copies"))
+        gen = torch.Generator().manual_seed(seed)
+        clean_train = self._subset(raw.train_images, n_train, gen)
+        train_y = clean_train.repeat(copies, 1, 1, 1)
+        train_x = train_y + sigma * torch.randn(train_y.shape, generator=gen)
+        test_gen = torch.Generator().manual_seed(seed + _TEST_STREAM)
+        test_y = self._subset(raw.test_images, n_test, test_gen)
+        test_x = test_y + sigma * torch.randn(test_y.shape, generator=test_gen)
         psnr_in, ssim_in = denoise_metrics(test_x, test_y).tolist()
-        source = (f"{raw.source}; {self.n_train} train x {self.copies} noisy copies, "
-                  f"{self.n_test} test; Gaussian sigma {self.sigma:g}, data seed "
-                  f"{self.data_seed}; noisy test input: PSNR {psnr_in:.2f} dB, "
-                  f"SSIM {ssim_in:.4f}")
+        source = (f"{raw.source}; {n_train} train x {copies} noisy copies, {n_test} test; "
+                  f"Gaussian sigma {sigma:g}, data seed {seed}; noisy test input: PSNR "
+                  f"{psnr_in:.2f} dB, SSIM {ssim_in:.4f}")
         return JobData(train_x, train_y, test_x, test_y, source,
                        extra={"psnr_input": psnr_in, "ssim_input": ssim_in})
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, data: JobData) -> nn.Module:
         return ResidualDenoiser()
 
     # -- adapter -------------------------------------------------------------------
@@ -192,7 +178,7 @@ class DenoiseJob(Job):
     def adapt_target(self, target: Tensor, kind: Target, output: Tensor) -> Tensor:
         return target
 
-    def bind(self, loss: Loss) -> Callable[[Tensor, Tensor], Tensor]:
+    def bind(self, loss: Loss) -> Objective:
         """As ``Job.bind``; missing LPIPS/DISTS weights become a usage error (exit 2 at
         plan time) instead of a traceback."""
         from losscli.losses.image import MissingWeightsError
@@ -205,11 +191,12 @@ class DenoiseJob(Job):
             except MissingWeightsError as exc:
                 raise UsageError(str(exc)) from None
 
-        return checked
+        return Objective(checked)
 
     # -- metrics -------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+                 ) -> dict[str, float]:
         pred = torch.cat([model(x).float() for x in data.test_x.split(_EVAL_BATCH)])
         values = denoise_metrics(pred, data.test_y)
         gain = values[0] - data.extra["psnr_input"]

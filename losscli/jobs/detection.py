@@ -32,7 +32,6 @@ scores are sigmoids of the object logits when the spec's classification is sigmo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,7 +47,7 @@ from losscli.data.voc import (
     synthetic_voc_root,
 )
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData
+from losscli.jobs.base import Job, JobData, Objective, Option
 from losscli.losses import Family, Loss, LossInfo, Pred, Target
 from losscli.ops.anchors import anchors_per_location, default_boxes
 from losscli.ops.boxcoder import build_targets, decode
@@ -136,64 +135,62 @@ class DetectionJob(Job):
     model_name = "TinySSD (6 conv, 3 maps, 336 default boxes at 64 px)"
     metrics = ("map50", "map")
     primary_metric = "map50"
-    maximize = True
     families = frozenset(_ACCEPTS)
     preds = frozenset(p for ps, _ in _ACCEPTS.values() for p in ps)
     targets = frozenset(t for _, ts in _ACCEPTS.values() for t in ts)
-    option_help = {
-        "data_dir": "folder holding a real VOCdevkit (VOCdevkit/VOC2007 or VOC2012)",
-        "download": "let torchvision download VOC into data_dir (online only)",
-        "year": "VOC year with data_dir: 2007 (default) or 2012",
-        "classes": "comma-separated classes: with data_dir any names in its XML (default: "
-                   "the 20 VOC classes); generated set: zero..nine (default "
-                   "zero,two,four,seven)",
-        "max_images": "training images at most (test: a fifth, at least 16)",
-        "image_size": "square input side in px, a multiple of 32 (default 64)",
-        "max_objects": "generated set: objects per image, 1 to N (default 4)",
-    }
+    option_specs = (
+        Option("data_dir", str, None, "folder holding a real VOCdevkit (VOCdevkit/VOC2007 or "
+               "VOC2012); default: the generated digit scenes"),
+        Option("download", bool, False, "let torchvision download VOC into data_dir (online "
+               "only)"),
+        Option("year", str, "2007", "VOC year with data_dir", choices=("2007", "2012")),
+        Option("classes", str, None, "comma-separated classes: with data_dir any names in its "
+               "XML (default: the 20 VOC classes); generated set: zero..nine (default "
+               "zero,two,four,seven)"),
+        Option("max_images", int, None, "training images at most (test: a fifth, at least 16)",
+               low=1),
+        Option("image_size", int, 64, "square input side in px", low=32, multiple_of=32),
+        Option("max_objects", int, 4, "generated set: objects per image, 1 to N", low=1),
+    )
 
     def __init__(self, **options):
         super().__init__(**options)
-        self.image_size = int(self.options.get("image_size", 64))
-        if self.image_size % 32 or self.image_size < 32:
-            raise UsageError(f"--image-size must be a multiple of 32 for det, got "
-                             f"{self.image_size}")
-        self.real = "data_dir" in self.options or bool(self.options.get("download"))
-        misplaced = ["max_objects"] if self.real else ["year"]
-        for key in misplaced:
-            if key in self.options:
-                raise UsageError(f"--opt {key}= applies only "
-                                 f"{'without' if self.real else 'with'} --data-dir")
-        if str(self.options.get("year", "2007")) not in ("2007", "2012"):
-            raise UsageError(f"--opt year= takes 2007 or 2012, got {self.options['year']!r}")
-        self.max_objects = self.options.get("max_objects", 4)
-        if not isinstance(self.max_objects, int) or self.max_objects < 1:
-            raise UsageError(f"--opt max_objects= takes an integer >= 1, got {self.max_objects!r}")
+        self.image_size = self.option("image_size")
         # a real VOC-layout folder may hold any class names (the 20 VOC ones by default)
         vocab, default = ((None, VOC_CLASSES) if self.real
                           else (DIGIT_CLASSES, SynthConfig.classes))
-        self.classes = _parse_classes(self.options.get("classes"), vocab, default)
+        self.classes = _parse_classes(self.option("classes"), vocab, default)
         self.num_classes = len(self.classes) + 1  # with background
         sizes = [self.image_size // s for s in (8, 16, 32)]
         self.anchors = default_boxes(sizes, SCALES, ASPECT_RATIOS)  # [A, 4] cxcywh
-        self.sigmoid_scores = False  # set by bind(): how the trained head is read at eval
-        self._device_anchors: dict[torch.device, Tensor] = {}
+        self._device_anchors: dict[torch.device, Tensor] = {}  # a cache of ``anchors``
+
+    @property
+    def real(self) -> bool:
+        """A real VOC folder (``data_dir`` or ``download``), not the generated scenes."""
+        return "data_dir" in self.options or bool(self.option("download"))
+
+    def check_options(self) -> None:
+        for key in ["max_objects"] if self.real else ["year"]:
+            if key in self.options:
+                raise UsageError(f"--{key.replace('_', '-')} applies only "
+                                 f"{'without' if self.real else 'with'} --data-dir")
 
     # -- data ----------------------------------------------------------------------
     def _splits(self) -> tuple[DetectionSplit, DetectionSplit, str]:
-        cap = self.options.get("max_images")
+        cap = self.option("max_images")
         test_cap = max(16, cap // 5) if cap else None
         if self.real:
-            year = str(self.options.get("year", "2007"))
+            year = self.option("year")
             from losscli.data.mnist import cache_dir
 
-            root = Path(self.options.get("data_dir") or cache_dir() / "data")
-            download = bool(self.options.get("download", False))
+            root = Path(self.option("data_dir") or cache_dir() / "data")
+            download = self.option("download")
             train = read_voc(root, year, "train", self.classes, self.image_size, cap, download)
             test = read_voc(root, year, "val", self.classes, self.image_size, test_cap, download)
             return train, test, f"VOC{year} at {root}"
         cfg = SynthConfig(classes=self.classes, num_train=cap or 1500, num_val=test_cap or 300,
-                          image_size=self.image_size, max_objects=self.max_objects)
+                          image_size=self.image_size, max_objects=self.option("max_objects"))
         root = synthetic_voc_root(cfg)
         train = read_voc(root, "2007", "train", self.classes, self.image_size)
         test = read_voc(root, "2007", "val", self.classes, self.image_size)
@@ -222,7 +219,7 @@ class DetectionJob(Job):
                        self._encode(test), source,
                        extra={"boxes": test.boxes, "labels": test.labels})
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, data: JobData) -> nn.Module:
         return TinySSD(self.num_classes, anchors_per_location(ASPECT_RATIOS))
 
     # -- adapter -------------------------------------------------------------------
@@ -282,7 +279,7 @@ class DetectionJob(Job):
                     f"targets to a {info.family} term")
         return None
 
-    def bind(self, loss: Loss) -> Callable[[Tensor, Tensor], Tensor]:
+    def bind(self, loss: Loss) -> Objective:
         """The detection objective of a spec (see the module docstring): each term sees the
         part of the output its family names, all normalised by the number of positives."""
         families = [t.info.family for t in loss.terms]
@@ -293,7 +290,7 @@ class DetectionJob(Job):
                 "sigmoid_focal, ...) and a box term (smooth_l1, l1, iou, giou, diou, ciou), "
                 "or a whole detection loss; e.g. 'ssd' or 'sigmoid_focal+giou'")
         first = next(t.info for t in loss.terms if t.info.family in _CLASSIFIES)
-        self.sigmoid_scores = first.family is Family.BINARY or first.name in _SIGMOID_DETECTION
+        sigmoid = first.family is Family.BINARY or first.name in _SIGMOID_DETECTION
         terms = [(t.coef, t) for t in loss.terms]
 
         def objective(output: Tensor, target: Tensor) -> Tensor:
@@ -308,7 +305,7 @@ class DetectionJob(Job):
                 total = value if total is None else total + value
             return total
 
-        return objective
+        return Objective(objective, scores="sigmoid" if sigmoid else "softmax")
 
     def _term(self, term, output: Tensor, target: Tensor, positive: Tensor, valid: Tensor,
               n_pos: Tensor) -> Tensor:
@@ -338,10 +335,11 @@ class DetectionJob(Job):
                     avg_factor=n_pos)
 
     # -- metrics -------------------------------------------------------------------
-    def _candidates(self, output: Tensor) -> Tensor:
-        """Top-scoring (box, class) pairs per image, ``[N, k, 6]``: xyxy px, score, class."""
+    def _candidates(self, output: Tensor, sigmoid: bool) -> Tensor:
+        """Top-scoring (box, class) pairs per image, ``[N, k, 6]``: xyxy px, score, class.
+        ``sigmoid``: object scores are sigmoids of their logits, else softmax probabilities."""
         logits = output[..., 4:]
-        scores = (torch.sigmoid(logits[..., 1:]) if self.sigmoid_scores
+        scores = (torch.sigmoid(logits[..., 1:]) if sigmoid
                   else F.softmax(logits, dim=-1)[..., 1:])
         k = scores.shape[-1]
         top, idx = scores.flatten(1).topk(min(_PRE_NMS, scores[0].numel()), dim=1)
@@ -350,10 +348,12 @@ class DetectionJob(Job):
         return torch.cat([boxes, top.unsqueeze(-1), (idx % k + 1).unsqueeze(-1).float()], -1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+                 ) -> dict[str, float]:
         from torchvision.ops import batched_nms
 
-        cands = torch.cat([self._candidates(model(x).float())
+        sigmoid = objective.scores == "sigmoid"
+        cands = torch.cat([self._candidates(model(x).float(), sigmoid)
                            for x in data.test_x.split(_EVAL_BATCH)]).cpu()  # the host sync
         preds = []
         for c in cands:  # NMS per image on the host

@@ -27,15 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_mnist
-from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData, eval_chunks
-from losscli.jobs.classification import SmallCNN
+from losscli.jobs.base import Job, JobData, Objective, Option, eval_chunks
+from losscli.jobs.classification import DATA_OPTIONS, SmallCNN
 from losscli.losses import Family, Pred, Target
 
 __all__ = ["ImbalancedJob", "subsample_positives"]
 
 _MEAN_STD = (0.1307, 0.3081)
-_DEFAULTS = {"digit": 8, "pos_ratio": 0.02, "data_seed": 0}
 
 
 def subsample_positives(labels: Tensor, digit: int, pos_ratio: float,
@@ -72,57 +70,45 @@ class ImbalancedJob(Job):
     model_name = "SmallCNN (2 conv + 2 fc, 1 logit, prior-initialised bias)"
     metrics = ("auprc", "f1_best", "balanced_accuracy", "auroc")
     primary_metric = "auprc"
-    maximize = True
     families = frozenset({Family.BINARY})
     preds = frozenset({Pred.LOGITS, Pred.PROBS})
     targets = frozenset({Target.BINARY})
-    option_help = {
-        "pos_ratio": "positives per negative, train and test (default 0.02 = 1:50)",
-        "digit": "the positive digit 0-9 (default 8)",
-        "data_seed": "seed of the subsampling and of the embedded re-split (default 0)",
-        "data_dir": "torchvision-layout data directory (full MNIST, its own 60k/10k split)",
-        "download": "let torchvision download into data_dir (online only)",
-    }
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.digit = self.options.get("digit", _DEFAULTS["digit"])
-        self.pos_ratio = self.options.get("pos_ratio", _DEFAULTS["pos_ratio"])
-        if isinstance(self.digit, bool) or not isinstance(self.digit, int) \
-                or not 0 <= self.digit <= 9:
-            raise UsageError(f"digit must be an integer 0-9, got {self.digit!r}")
-        if isinstance(self.pos_ratio, bool) or not isinstance(self.pos_ratio, (int, float)) \
-                or not 0 < self.pos_ratio <= 1:
-            raise UsageError(f"--pos-ratio must be in (0, 1] (positives per negative), got "
-                             f"{self.pos_ratio!r}")
+    option_specs = (
+        Option("pos_ratio", float, 0.02, "positives per negative, train and test (0.02 = "
+               "1:50)", low=0, high=1, open_low=True),
+        Option("digit", int, 8, "the positive digit", low=0, high=9),
+        Option("data_seed", int, 0, "seed of the subsampling and of the embedded re-split",
+               low=0),
+        *DATA_OPTIONS,
+    )
 
     @property
     def prior(self) -> float:
         """The fraction of positives, train and test."""
-        return self.pos_ratio / (1 + self.pos_ratio)
+        ratio = self.option("pos_ratio")
+        return ratio / (1 + ratio)
 
     def load_data(self) -> JobData:
-        data_dir = self.options.get("data_dir")
-        gen = torch.Generator().manual_seed(self.options.get("data_seed", _DEFAULTS["data_seed"]))
-        if data_dir or self.options.get("download"):
-            raw = load_mnist(Path(data_dir) if data_dir else None, self.options.get("download",
-                                                                                    False))
+        data_dir, digit, ratio = (self.option(k) for k in ("data_dir", "digit", "pos_ratio"))
+        gen = torch.Generator().manual_seed(self.option("data_seed"))
+        if data_dir or self.option("download"):
+            raw = load_mnist(Path(data_dir) if data_dir else None, self.option("download"))
         else:
             raw = _resplit_half(load_mnist(), gen)
         mean, std = _MEAN_STD
         parts = []
         for images, labels in ((raw.train_images, raw.train_labels),
                                (raw.test_images, raw.test_labels)):
-            keep = subsample_positives(labels, self.digit, self.pos_ratio, gen)
+            keep = subsample_positives(labels, digit, ratio, gen)
             x = ((images[keep].float() / 255.0 - mean) / std).unsqueeze(1).contiguous()
-            parts += [x, (labels[keep] == self.digit).float()]
+            parts += [x, (labels[keep] == digit).float()]
         n_pos = [int(parts[1].sum()), int(parts[3].sum())]
-        source = (f"{raw.source}; digit {self.digit} vs rest, 1:{1 / self.pos_ratio:g}: "
+        source = (f"{raw.source}; digit {digit} vs rest, 1:{1 / ratio:g}: "
                   f"train {len(parts[1])} ({n_pos[0]} positive), test {len(parts[3])} "
                   f"({n_pos[1]} positive)")
         return JobData(*parts, source=source)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, data: JobData) -> nn.Module:
         model = SmallCNN(num_classes=1)
         with torch.no_grad():
             model.head[-1].bias.fill_(math.log(self.prior / (1 - self.prior)))
@@ -136,7 +122,8 @@ class ImbalancedJob(Job):
         return target
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+                 ) -> dict[str, float]:
         logits = torch.cat([model(x).float()[:, 0] for x in eval_chunks(data.test_x)])
         return binary_metrics(torch.sigmoid(logits), data.test_y)
 

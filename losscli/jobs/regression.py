@@ -13,7 +13,7 @@ from losscli.data.synthetic_regression import (
     make_regression,
 )
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData
+from losscli.jobs.base import Job, JobData, Objective, Option
 from losscli.losses import Family, Pred, Target
 
 __all__ = ["MLP", "RegressionJob"]
@@ -49,35 +49,39 @@ class RegressionJob(Job):
     model_name = "MLP (2x64 ReLU; outputs mean and variance)"
     metrics = ("rmse", "mae", "r2")
     primary_metric = "rmse"
-    maximize = False
+    lower_is_better = frozenset({"rmse", "mae"})
     families = frozenset({Family.REGRESSION})
     preds = frozenset({Pred.VALUES, Pred.VALUES_VAR})
     targets = frozenset({Target.VALUES})
-    option_help = {
-        "outliers": "fraction of training targets shifted up by 5-10 sd (default 0.2; "
-                    "0 with --csv)",
-        "noise": f"noise on training targets: {' | '.join(NOISES)} (default gaussian)",
-        "noise_scale": "noise standard deviation, in target sd (default 0.3)",
-        "features": "number of input features (default 8)",
-        "nonlinearity": "0 linear .. 1 sine ridges and products (default 0.5)",
-        "n_train": "training samples (default 2000)",
-        "n_test": "test samples (default 1000)",
-        "data_seed": "seed of the generated data or of the CSV split (default 0)",
-        "csv": "your own table instead of generated data (with --target)",
-        "target_column": "the --csv column to predict",
-    }
+    option_specs = (
+        Option("outliers", float, None, "fraction of training targets shifted up by 5-10 sd "
+               "(default 0.2; 0 with --csv)", low=0, high=0.9),
+        Option("noise", str, "gaussian", "noise distribution on training targets",
+               choices=NOISES),
+        Option("noise_scale", float, 0.3, "noise standard deviation, in target sd", low=0),
+        Option("features", int, 8, "number of input features", low=1),
+        Option("nonlinearity", float, 0.5, "0 linear .. 1 sine ridges and products", low=0,
+               high=1),
+        Option("n_train", int, 2000, "training samples", low=2),
+        Option("n_test", int, 1000, "test samples", low=2),
+        Option("data_seed", int, 0, "seed of the generated data or of the CSV split", low=0),
+        Option("csv", str, None, "your own table instead of generated data (with --target)"),
+        Option("target_column", str, None, "the --csv column to predict", flag="target"),
+    )
+
+    def check_options(self) -> None:
+        o = self.options
+        if ("csv" in o) != ("target_column" in o):
+            raise UsageError("--csv and --target go together: the table and the column to "
+                             "predict")
+        given = [k for k in _SYNTHETIC_ONLY if k in o]
+        if "csv" in o and given:
+            raise UsageError(", ".join("--" + k.replace("_", "-") for k in given)
+                             + " only apply to generated data, not with --csv")
 
     def _data(self) -> RegressionData:
-        o = self.options
-        seed = o.get("data_seed", 0)
-        if "csv" in o or "target_column" in o:
-            if "csv" not in o or "target_column" not in o:
-                raise UsageError("--csv and --target go together: the table and the column "
-                                 "to predict")
-            given = [k for k in _SYNTHETIC_ONLY if k in o]
-            if given:
-                raise UsageError(", ".join("--" + k.replace("_", "-") for k in given)
-                                 + " only apply to generated data, not with --csv")
+        o, seed = self.options, self.option("data_seed")
+        if "csv" in o:
             return load_csv_regression(o["csv"], o["target_column"],
                                        outliers=o.get("outliers", 0.0), seed=seed)
         return make_regression(seed=seed, **{k: o[k] for k in (*_SYNTHETIC_ONLY, "outliers")
@@ -85,15 +89,11 @@ class RegressionJob(Job):
 
     def load_data(self) -> JobData:
         d = self._data()
-        self.in_features = d.train_x.shape[1]
         return JobData(d.train_x, d.train_y, d.test_x, d.test_y, d.source,
                        extra={"outlier": d.outlier})
 
-    def build_model(self) -> nn.Module:
-        in_features = getattr(self, "in_features", None)
-        if in_features is None:  # the model is built after the data, but be safe
-            in_features = self.load_data().train_x.shape[1]
-        return MLP(in_features)
+    def build_model(self, data: JobData) -> nn.Module:
+        return MLP(data.train_x.shape[1])
 
     def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor:
         mean = output[..., 0]
@@ -105,7 +105,8 @@ class RegressionJob(Job):
         return target
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+                 ) -> dict[str, float]:
         from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
 
         pred = model(data.test_x).float()[:, 0]

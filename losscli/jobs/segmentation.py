@@ -3,7 +3,7 @@
 Data: ``losscli.data.synthetic_segmentation`` (classes circle, square, triangle, ...; class
 0 is background), generated from a fixed data seed (train and test from different streams,
 so ``n_train`` never changes the test set). Knobs: ``image_size``, ``num_classes`` (shape
-classes), ``fg_fraction`` (expected foreground share: the class-imbalance knob), ``noise``,
+classes), ``fg_fraction`` (expected foreground share: the class-imbalance knob), ``pixel_noise``,
 ``binary`` (foreground vs background), ``n_train``, ``n_test``, ``data_seed``.
 
 Adapter. Multi-class: the model gives logits ``[N, C, H, W]`` (``C = num_classes + 1``);
@@ -28,15 +28,12 @@ scores two classes (background, foreground) the same way.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losscli.data.synthetic_segmentation import SHAPE_CLASSES, make_segmentation
-from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData
+from losscli.jobs.base import Job, JobData, Objective, Option
 from losscli.losses import Family, LossInfo, Pred, Target
 
 __all__ = ["SegmentationJob", "SmallUNet"]
@@ -79,33 +76,6 @@ class SmallUNet(nn.Module):
         return self.head(h)
 
 
-_CLI_FLAGS = ("image_size", "num_classes", "fg_fraction", "noise", "binary")
-
-
-def _flag(key: str) -> str:
-    """How the user spells option ``key`` on the command line."""
-    return f"--{key.replace('_', '-')}" if key in _CLI_FLAGS else f"--opt {key}="
-
-
-def _int_option(options: dict[str, Any], key: str, default: int, low: int) -> int:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _float_option(options: dict[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, str):  # --noise is a text option (the reg job names distributions)
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{_flag(key)} must be a number, got {value!r}")
-    return float(value)
-
-
 class SegmentationJob(Job):
     name = "seg"
     aliases = ("segmentation",)
@@ -114,49 +84,41 @@ class SegmentationJob(Job):
     model_name = "SmallUNet (2 down / 2 up, 8-16-32 ch, GroupNorm)"
     metrics = ("miou", "dice", "pixel_acc")
     primary_metric = "miou"
-    maximize = True
-    families = frozenset({Family.SEGMENTATION, Family.CLASSIFICATION, Family.BINARY})
     preds = frozenset({Pred.LOGITS, Pred.PROBS, Pred.LOG_PROBS})
     targets = frozenset({Target.INDEX, Target.BINARY})
-    option_help = {
-        "image_size": "image side in px, a multiple of 4 (default 32)",
-        "num_classes": f"shape classes, 1-{len(SHAPE_CLASSES)}; background is class 0 "
-                       "(default 3: circle, square, triangle)",
-        "fg_fraction": "expected foreground share of the pixels, in (0, 1) (default 0.2)",
-        "noise": "std of the Gaussian pixel noise; shapes stand 0.5-1 above the "
-                 "background (default 0.1)",
-        "binary": "foreground vs background: one logit channel, float masks (default false)",
-        "n_train": "training images (default 2000)",
-        "n_test": "test images (default 500)",
-        "data_seed": "seed of the generated data (default 0)",
-    }
+    option_specs = (
+        Option("image_size", int, 32, "image side in px (two 2x poolings in the U-Net)",
+               low=16, multiple_of=4),
+        Option("num_classes", int, 3, "shape classes; background is class 0 (default: "
+               "circle, square, triangle)", low=1, high=len(SHAPE_CLASSES)),
+        Option("fg_fraction", float, 0.2, "expected foreground share of the pixels (the "
+               "class-imbalance knob)", low=0, high=1, open_low=True, open_high=True),
+        Option("pixel_noise", float, 0.1, "std of the Gaussian pixel noise; shapes stand "
+               "0.5-1 above the background", low=0),
+        Option("binary", bool, False, "foreground vs background: one logit channel"),
+        Option("n_train", int, 2000, "training images", low=1),
+        Option("n_test", int, 500, "test images", low=1),
+        Option("data_seed", int, 0, "seed of the generated data", low=0),
+    )
 
-    def __init__(self, **options: Any):
-        super().__init__(**options)
-        o = self.options
-        self.image_size = _int_option(o, "image_size", 32, 16)
-        if self.image_size % 4:
-            raise UsageError(f"--image-size must be a multiple of 4 (two 2x poolings in the "
-                             f"U-Net), got {self.image_size}")
-        self.num_classes = _int_option(o, "num_classes", 3, 1)
-        if self.num_classes > len(SHAPE_CLASSES):
-            raise UsageError(f"--num-classes must be at most {len(SHAPE_CLASSES)} "
-                             f"({', '.join(SHAPE_CLASSES)}), got {self.num_classes}")
-        self.fg_fraction = _float_option(o, "fg_fraction", 0.2)
-        if not 0 < self.fg_fraction < 1:
-            raise UsageError(f"--fg-fraction must be in (0, 1), got {self.fg_fraction}")
-        self.noise = _float_option(o, "noise", 0.1)
-        if not self.noise >= 0:
-            raise UsageError(f"--noise must be >= 0 (the pixel noise std), got {self.noise:g}")
-        self.binary = o.get("binary", False)
-        if not isinstance(self.binary, bool):
-            raise UsageError(f"--binary takes no value (or --opt binary=true), got "
-                             f"{self.binary!r}")
-        self.n_train = _int_option(o, "n_train", 2000, 1)
-        self.n_test = _int_option(o, "n_test", 500, 1)
-        self.data_seed = _int_option(o, "data_seed", 0, 0)
-        if self.binary:
-            self.families = frozenset({Family.SEGMENTATION, Family.BINARY})
+    @property
+    def families(self) -> frozenset[Family]:
+        """The binary variant has one channel: a softmax over it would be constant."""
+        if self.option("binary"):
+            return frozenset({Family.SEGMENTATION, Family.BINARY})
+        return frozenset({Family.SEGMENTATION, Family.CLASSIFICATION, Family.BINARY})
+
+    @property
+    def binary(self) -> bool:
+        return self.option("binary")
+
+    @property
+    def num_classes(self) -> int:
+        return self.option("num_classes")
+
+    @property
+    def image_size(self) -> int:
+        return self.option("image_size")
 
     @property
     def out_channels(self) -> int:
@@ -165,24 +127,26 @@ class SegmentationJob(Job):
 
     def _generate(self, n: int, seed: int):
         return make_segmentation(n, image_size=self.image_size, num_classes=self.num_classes,
-                                 fg_fraction=self.fg_fraction, noise=self.noise, seed=seed)
+                                 fg_fraction=self.option("fg_fraction"),
+                                 noise=self.option("pixel_noise"), seed=seed)
 
     def load_data(self) -> JobData:
-        train = self._generate(self.n_train, self.data_seed)
-        test = self._generate(self.n_test, self.data_seed + _TEST_STREAM)
+        n_train, n_test, seed = (self.option(k) for k in ("n_train", "n_test", "data_seed"))
+        train = self._generate(n_train, seed)
+        test = self._generate(n_test, seed + _TEST_STREAM)
         ytr, yte = train.masks, test.masks
         if self.binary:
             ytr, yte = (ytr > 0).long(), (yte > 0).long()
         classes = ", ".join(SHAPE_CLASSES[:self.num_classes])
         source = (f"generated shapes ({classes}{'; binary fg/bg' if self.binary else ''}), "
-                  f"{self.image_size}px, {self.n_train} train / {self.n_test} test, "
-                  f"fg fraction {train.fg_fraction:.3f} (asked {self.fg_fraction:g}), "
-                  f"noise {self.noise:g}, data seed {self.data_seed}")
+                  f"{self.image_size}px, {n_train} train / {n_test} test, "
+                  f"fg fraction {train.fg_fraction:.3f} (asked {self.option('fg_fraction'):g}), "
+                  f"noise {self.option('pixel_noise'):g}, data seed {seed}")
         return JobData(train.images, ytr, test.images, yte, source,
                        extra={"fg_fraction_train": train.fg_fraction,
                               "fg_fraction_test": test.fg_fraction})
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, data: JobData) -> nn.Module:
         return SmallUNet(in_channels=1, out_channels=self.out_channels)
 
     def incompatibility(self, info: LossInfo) -> str | None:
@@ -214,7 +178,8 @@ class SegmentationJob(Job):
         return (output[:, 0] > 0).long() if self.binary else output.argmax(1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+                 ) -> dict[str, float]:
         pred = torch.cat([self.predict(model(x).float()) for x in data.test_x.split(_EVAL_BATCH)])
         return dict(zip(self.metrics, segmentation_metrics(pred, data.test_y,
                                                            max(2, self.out_channels)).tolist(),
