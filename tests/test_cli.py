@@ -1,6 +1,7 @@
 import json
 import os
 import struct
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -158,3 +159,24 @@ def test_fashion_from_debian_files():
     assert split.train_images.shape == (60000, 28, 28)
     assert split.test_images.shape == (10000, 28, 28)
     assert torch.bincount(split.test_labels).tolist() == [1000] * 10
+
+
+def test_readme_job_options_tables_are_generated_from_the_declarations():
+    from losscli.cli.listing import options_markdown
+    from losscli.jobs import list_jobs
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- job-options:begin -->\n")[1].split("<!-- job-options:end -->")[0]
+    assert block == options_markdown(list_jobs()), \
+        "README job options out of date: paste `losscli list tasks --markdown`"
+
+
+def test_every_job_option_is_a_train_flag_with_its_rule(tmp_path):
+    res = runner.invoke(app, ["train", "--task", "seg", "--fg-fraction", "1.5", "--loss", "ce",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2
+    assert "--fg-fraction (option fg_fraction of seg) must be a number in (0, 1)" in res.output
+    res = runner.invoke(app, ["train", "--task", "seg", "--fg-fracton", "0.1"])
+    assert res.exit_code == 2 and "did you mean '--fg-fraction'" in res.output
+    res = runner.invoke(app, ["list", "tasks", "seg"])
+    assert res.exit_code == 0 and "--pixel-noise" in res.output and "a multiple of 4" in res.output

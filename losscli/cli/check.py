@@ -10,7 +10,16 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from losscli.cli.common import EXIT_FAILED, Device, err, handle_errors, out
+from losscli.cli.common import (
+    EXIT_FAILED,
+    Device,
+    DeviceOpt,
+    PluginOpt,
+    QuietOpt,
+    err,
+    handle_errors,
+    out,
+)
 from losscli.errors import UsageError
 
 RunDir = Annotated[Path | None, typer.Argument(
@@ -44,8 +53,8 @@ def baseline(
     suite: SuiteOpt = None,
     out_file: Annotated[Path, typer.Option("--out", help="Baseline CSV to write.")] =
         Path("results/baseline.csv"),
-    device: Annotated[Device, typer.Option()] = Device.cpu,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    device: DeviceOpt = Device.cpu,
+    quiet: QuietOpt = False,
 ) -> None:
     """Record a baseline (mean, spread, steps to target per job variant and loss)."""
     from losscli.check import make_baseline
@@ -69,10 +78,9 @@ def check(
     junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML here.")] = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Run directory for --suite (default: a fresh temporary one).")] = None,
-    device: Annotated[Device, typer.Option()] = Device.cpu,
-    plugin: Annotated[list[str] | None, typer.Option(
-        help="Module or .py file registering extra losses (repeatable).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    device: DeviceOpt = Device.cpu,
+    plugin: PluginOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Compare runs with a baseline; exit 1 on a regression in quality or convergence.
 

@@ -7,14 +7,15 @@ import os
 import sys
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Device", "OutputFormat", "Vectorise", "cli_device",
-           "err", "handle_errors", "out"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Bf16Opt", "Device", "DeviceOpt", "FormatOpt",
+           "OutputFormat", "PluginOpt", "QuietOpt", "Vectorise", "VectoriseOpt",
+           "cli_device", "err", "handle_errors", "out"]
 
 EXIT_FAILED = 1  # a run errored, output could not be written, or a check found a regression
 EXIT_USAGE = 2  # bad input: unknown names, incompatible pairs, malformed specs
@@ -43,6 +44,18 @@ class OutputFormat(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
+
+
+# Options several commands share, declared once (help text included)
+DeviceOpt = Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")]
+Bf16Opt = Annotated[bool, typer.Option(help="bf16 autocast on CUDA (the loss stays fp32).")]
+VectoriseOpt = Annotated[Vectorise, typer.Option(
+    help="Train a loss's seeds together as one vmapped model: auto (when a short "
+    "calibration says it is faster), always, never.")]
+PluginOpt = Annotated[list[str] | None, typer.Option(
+    help="Module or .py file registering extra losses (repeatable).")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Summary on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
 
 def cli_device(device: Device) -> str:

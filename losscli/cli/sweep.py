@@ -7,7 +7,20 @@ from typing import Annotated
 
 import typer
 
-from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, Vectorise, handle_errors, out
+from losscli.cli.common import (
+    EXIT_FAILED,
+    Bf16Opt,
+    Device,
+    DeviceOpt,
+    FormatOpt,
+    OutputFormat,
+    PluginOpt,
+    QuietOpt,
+    Vectorise,
+    VectoriseOpt,
+    handle_errors,
+    out,
+)
 
 
 @handle_errors
@@ -22,17 +35,12 @@ def sweep(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per process "
                                                 "(default: torch's).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the validated plan and exit.")] = False,
-    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] =
-        Device.auto,
-    bf16: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (loss in fp32).")] = False,
-    vectorise: Annotated[Vectorise, typer.Option(
-        help="Train a loss's seeds together as one vmapped model: auto (when a short "
-        "calibration says it is faster), always, never.")] = Vectorise.auto,
-    plugin: Annotated[list[str] | None, typer.Option(
-        help="Module or .py file registering extra losses (repeatable).")] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Summary on stdout.")] =
-        OutputFormat.table,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    device: DeviceOpt = Device.auto,
+    bf16: Bf16Opt = False,
+    vectorise: VectoriseOpt = Vectorise.auto,
+    plugin: PluginOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run every job × loss × seed of a suite; the whole plan is checked before training.
 

@@ -8,10 +8,21 @@ from typing import Annotated
 
 import typer
 
-from losscli.cli.common import EXIT_FAILED, Device, OutputFormat, Vectorise, handle_errors
+from losscli.cli.common import (
+    EXIT_FAILED,
+    Bf16Opt,
+    Device,
+    DeviceOpt,
+    FormatOpt,
+    OutputFormat,
+    PluginOpt,
+    QuietOpt,
+    Vectorise,
+    VectoriseOpt,
+    handle_errors,
+)
 
 BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
-OUTPUT = "Output"
 JOB_OPTIONS_HELP = (
     "Job options: every option of the job is a flag too, `--NAME VALUE` (`--fg-fraction 0.05`, "
     "`--binary`, `--csv t.csv --target y`), or `--opt NAME=VALUE`. `losscli list tasks JOB` "
@@ -42,31 +53,22 @@ def train(
     eval_every: Annotated[int | None, typer.Option(min=1, help="Steps between evals "
                                                    "(default: every epoch).",
                                                    rich_help_panel=BUDGET)] = None,
-    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] =
-        Device.auto,
-    bf16: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (the loss stays fp32).")] =
-        False,
+    device: DeviceOpt = Device.auto,
+    bf16: Bf16Opt = False,
     opt: Annotated[list[str] | None, typer.Option(
         "--opt", help="A job option as NAME=VALUE (repeatable).")] = None,
-    vectorise: Annotated[Vectorise, typer.Option(
-        help="Train a loss's seeds together as one vmapped model: auto (when a short "
-        "calibration says it is faster), always, never.")] = Vectorise.auto,
-    plugin: Annotated[list[str] | None, typer.Option(
-        help="Module or .py file registering extra losses (repeatable).")] = None,
+    vectorise: VectoriseOpt = Vectorise.auto,
+    plugin: PluginOpt = None,
     out_dir: Annotated[Path | None, typer.Option(
-        "--out", help="Run directory (default results/runs/<time>-<task>).",
-        rich_help_panel=OUTPUT)] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Summary on stdout.",
-                                              rich_help_panel=OUTPUT)] = OutputFormat.table,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.",
-                                        rich_help_panel=OUTPUT)] = False,
+        "--out", help="Run directory (default results/runs/<time>-<task>).")] = None,
+    fmt: FormatOpt = OutputFormat.table,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train one job with each loss for each seed and print a comparison table.
 
     Everything but the loss is fixed: data, model, optimizer, budget and seeds. Results go
     to a run directory (runs.csv, history.csv, meta.json); the summary (mean ± std over
-    seeds, ranked by the job's primary metric) goes to stdout.
-    """
+    seeds, ranked by the job's primary metric) goes to stdout."""
     from losscli.cli.common import cli_device
     from losscli.cli.running import progress_factory, render_summary, report_errors
     from losscli.jobs import job_class
@@ -74,11 +76,10 @@ def train(
     from losscli.suite import JobRequest
     from losscli.sweep import load_plugins, run
 
-    plugins = load_plugins(plugin or [])
     settings = Settings(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, weight_decay=weight_decay,
                         eval_every=eval_every).check("train")
-    cls = job_class(task)
+    plugins, cls = load_plugins(plugin or []), job_class(task)
     options = {**job_flags(ctx.args, cls, ctx), **key_values(opt or [])}
     request = JobRequest(task=task, losses=tuple(loss or ()), settings=settings,
                          seeds=tuple(range(first_seed, first_seed + seeds)), options=options)
