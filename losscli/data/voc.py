@@ -220,6 +220,45 @@ def _split_ids(ds, split_file: Path) -> list[tuple[str, Path, Path]]:
     return rows
 
 
+def _open_split(root: Path, year: str, image_set: str, download: bool):
+    """torchvision's ``VOCDetection`` for the split, and the path of its ID list."""
+    from torchvision.datasets import VOCDetection
+
+    split_file = (Path(root).expanduser() / "VOCdevkit" / f"VOC{year}" / "ImageSets" / "Main"
+                  / f"{image_set}.txt")
+    try:
+        ds = VOCDetection(str(root), year=year, image_set=image_set, download=download)
+    except (RuntimeError, OSError) as exc:
+        raise UsageError(
+            f"no VOC{year} {image_set!r} split under {root}/VOCdevkit/VOC{year} ({exc}); "
+            "point --data-dir at the folder holding VOCdevkit, or add --download when online"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{split_file} is not a text list of image IDs ({exc})") from None
+    return ds, split_file
+
+
+def _read_item(row: tuple[str, Path, Path], split_file: Path, classes: Sequence[str],
+               image_size: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """One image ``[3, S, S]`` uint8 with its scaled boxes and labels; ``None`` when it
+    holds no wanted object (its JPEG is then never decoded: the XML is read first)."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    image_id, ann_path, img_path = row
+    for kind, path in (("annotation", ann_path), ("image", img_path)):
+        if not path.is_file():
+            raise UsageError(f"image ID {image_id!r} in {split_file} has no {kind} {path}")
+    boxes, labels, width, height = _objects(_read_annotation(ann_path), classes, ann_path)
+    if not boxes:
+        return None
+    image = _read_image(img_path, width, height, ann_path)
+    scale = torch.tensor([image_size / width, image_size / height] * 2)
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.BILINEAR)
+    return (pil_to_tensor(image), torch.tensor(boxes, dtype=torch.float32) * scale,
+            torch.tensor(labels, dtype=torch.int64))
+
+
 def read_voc(
     root: Path,
     year: str,
@@ -238,50 +277,28 @@ def read_voc(
     a split with fewer than ``min_images`` usable images raise ``UsageError`` naming the
     file and the rule; annotation XML is parsed by defusedxml (no entity expansion).
     """
-    from torchvision.datasets import VOCDetection
-    from torchvision.transforms.functional import pil_to_tensor
-
-    split_file = (Path(root).expanduser() / "VOCdevkit" / f"VOC{year}" / "ImageSets" / "Main"
-                  / f"{image_set}.txt")
-    try:
-        ds = VOCDetection(str(root), year=year, image_set=image_set, download=download)
-    except (RuntimeError, OSError) as exc:
-        raise UsageError(
-            f"no VOC{year} {image_set!r} split under {root}/VOCdevkit/VOC{year} ({exc}); "
-            "point --data-dir at the folder holding VOCdevkit, or add --download when online"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{split_file} is not a text list of image IDs ({exc})") from None
+    ds, split_file = _open_split(root, year, image_set, download)
     rows = _split_ids(ds, split_file)
     if not rows:
         raise UsageError(f"{split_file} lists no image IDs; put one ID per line")
-    images, all_boxes, all_labels, ids = [], [], [], []
-    for image_id, ann_path, img_path in rows:
-        for kind, path in (("annotation", ann_path), ("image", img_path)):
-            if not path.is_file():
-                raise UsageError(f"image ID {image_id!r} in {split_file} has no {kind} {path}")
-        # the XML first, so that images without a wanted object decode no JPEG
-        boxes, labels, width, height = _objects(_read_annotation(ann_path), classes, ann_path)
-        if not boxes:
+    items, ids = [], []
+    for row in rows:
+        item = _read_item(row, split_file, classes, image_size)
+        if item is None:
             continue
-        image = _read_image(img_path, width, height, ann_path)
-        scale = torch.tensor([image_size / width, image_size / height] * 2)
-        if image.size != (image_size, image_size):
-            image = image.resize((image_size, image_size), Image.BILINEAR)
-        images.append(pil_to_tensor(image))
-        all_boxes.append(torch.tensor(boxes, dtype=torch.float32) * scale)
-        all_labels.append(torch.tensor(labels, dtype=torch.int64))
-        ids.append(image_id)
+        items.append(item)
+        ids.append(row[0])
         if max_images is not None and len(ids) >= max_images:
             break
+    where = f"VOC{year} {image_set!r} under {root}"
     if not ids:
-        raise UsageError(f"no image of VOC{year} {image_set!r} under {root} holds any of the "
-                         f"classes {', '.join(classes)}")
+        raise UsageError(f"no image of {where} holds any of the classes {', '.join(classes)}")
     if len(ids) < min_images:
-        raise UsageError(f"VOC{year} {image_set!r} under {root} has {len(ids)} image(s) holding "
-                         f"the classes {', '.join(classes)}; {min_images} are needed: lower "
-                         f"--batch-size to at most {len(ids)}, or add images to {split_file}")
-    return DetectionSplit(torch.stack(images), all_boxes, all_labels, ids)
+        raise UsageError(f"{where} has {len(ids)} image(s) holding the classes "
+                         f"{', '.join(classes)}; {min_images} are needed: lower --batch-size "
+                         f"to at most {len(ids)}, or add images to {split_file}")
+    images, boxes, labels = zip(*items, strict=True)
+    return DetectionSplit(torch.stack(images), list(boxes), list(labels), ids)
 
 
 # --------------------------------------------------------------------------- generating
