@@ -31,7 +31,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from losscli.data.splits import split_indices, stratified_split_indices
+from losscli.data.splits import (
+    SplitTensors,
+    check_channels,
+    check_int,
+    split_indices,
+    split_sizes,
+    standardise,
+    stratified_split_indices,
+    take,
+)
 from losscli.errors import UnknownNameError, UsageError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderData", "MaskFolderData", "TableClassData",
@@ -42,47 +51,29 @@ _MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")  # single-channel i
 
 
 @dataclass
-class ImageFolderData:
+class ImageFolderData(SplitTensors):
     """Images float32 ``[N, C, S, S]`` in [0, 1], labels int64 ``[N]`` (index into
     ``classes``, the sorted class folder names)."""
 
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
     classes: tuple[str, ...]
     source: str
 
 
 @dataclass
-class MaskFolderData:
+class MaskFolderData(SplitTensors):
     """Images float32 ``[N, C, H, W]`` in [0, 1], masks int64 ``[N, H, W]`` in
     ``0..num_classes-1``; ``stems`` the file stems of each split, in tensor order."""
 
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
     num_classes: int
     stems: dict[str, tuple[str, ...]]
     source: str
 
 
 @dataclass
-class TableClassData:
+class TableClassData(SplitTensors):
     """Standardised float32 features ``[N, D]``, labels int64 ``[N]`` (index into
     ``classes``)."""
 
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
     classes: tuple[str, ...]
     feature_names: tuple[str, ...]
     source: str
@@ -123,14 +114,8 @@ def _to_tensor(img: Image.Image) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def _channels_mode(channels: int) -> str:
-    if isinstance(channels, bool) or channels not in (1, 3):
-        raise UsageError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    check_channels(channels, "RGB")
     return "L" if channels == 1 else "RGB"
 
 
@@ -139,11 +124,6 @@ def _folder(path: str | Path, what: str) -> Path:
     if not path.is_dir():
         raise UsageError(f"{path}: no such folder ({what})")
     return path
-
-
-def _take(split: tuple[Tensor, Tensor, Tensor], *tensors: Tensor) -> list[Tensor]:
-    """``[a[train], b[train], a[val], b[val], a[test], b[test]]``."""
-    return [t[idx].contiguous() for idx in split for t in tensors]
 
 
 # --------------------------------------------------------------------------- images
@@ -214,7 +194,7 @@ def load_image_folder(
             class without images or with too few for the split, or a bad argument.
     """
     mode = _channels_mode(channels)
-    _check_int("image_size", image_size, 1)
+    check_int("image_size", image_size, 1)
     root = _folder(root, "an ImageFolder layout: ROOT/<class>/<images>")
     ds = _image_folder(root, mode, image_size)
     labels = torch.tensor(ds.targets, dtype=torch.long)
@@ -223,11 +203,11 @@ def load_image_folder(
         gen=torch.Generator().manual_seed(seed), class_names=ds.classes, what=str(root),
         unit="images")
     images = torch.stack([_to_tensor(ds[i][0]) for i in range(len(ds))])
-    parts = _take(split, images, labels)
-    source = (f"image folder {root}: {len(ds.classes)} classes, {len(split[0])} train / "
-              f"{len(split[1])} val / {len(split[2])} test images ({mode}, {image_size} px), "
+    source = (f"image folder {root}: {len(ds.classes)} classes, "
+              f"{split_sizes(split, 'images')} ({mode}, {image_size} px), "
               f"stratified split seed {seed}")
-    return ImageFolderData(*parts, classes=tuple(ds.classes), source=source)
+    return ImageFolderData(*take(split, images, labels), classes=tuple(ds.classes),
+                           source=source)
 
 
 # --------------------------------------------------------------------------- masks
@@ -328,7 +308,7 @@ def _classes_in(masks: Tensor, root: Path, num_classes: int | None) -> int:
     """``num_classes`` checked against the masks, or inferred from them."""
     values = torch.unique(masks).tolist()
     if num_classes is not None:
-        _check_int("num_classes", num_classes, 2)
+        check_int("num_classes", num_classes, 2)
         if values[-1] >= num_classes:
             raise UsageError(f"{root / 'masks'}: a mask holds class index {values[-1]}, but "
                              f"num_classes is {num_classes} (indices 0..{num_classes - 1})")
@@ -370,7 +350,7 @@ def load_mask_folder(
     """
     mode = _channels_mode(channels)
     if image_size is not None:
-        _check_int("image_size", image_size, 1)
+        check_int("image_size", image_size, 1)
     root = _folder(root, "a mask dataset: ROOT/images/ and ROOT/masks/")
     pairs = _pairs(root)
     split = split_indices(len(pairs), val_fraction=val_fraction, test_fraction=test_fraction,
@@ -381,9 +361,9 @@ def load_mask_folder(
     stems = {name: tuple(pairs[i][0].stem for i in idx.tolist())
              for name, idx in zip(("train", "val", "test"), split, strict=True)}
     h, w = images.shape[-2:]
-    source = (f"mask folder {root}: {len(split[0])} train / {len(split[1])} val / "
-              f"{len(split[2])} test pairs ({mode}, {w}x{h}), {k} classes, split seed {seed}")
-    return MaskFolderData(*_take(split, images, masks), num_classes=k, stems=stems,
+    source = (f"mask folder {root}: {split_sizes(split, 'pairs')} ({mode}, {w}x{h}), "
+              f"{k} classes, split seed {seed}")
+    return MaskFolderData(*take(split, images, masks), num_classes=k, stems=stems,
                           source=source)
 
 
@@ -489,10 +469,7 @@ def load_csv_classification(
     split = stratified_split_indices(
         y, val_fraction=val_fraction, test_fraction=test_fraction,
         gen=torch.Generator().manual_seed(seed), class_names=classes, what=str(path))
-    train = x[split[0]]
-    mean, std = train.mean(0), train.std(0).nan_to_num(0.0).clamp_min(1e-12)
-    parts = _take(split, (x - mean) / std, y)
-    source = (f"{path.name}: {len(split[0])} train / {len(split[1])} val / {len(split[2])} "
-              f"test rows, {len(names)} features, {len(classes)} classes in {target_column!r}"
-              f", stratified split seed {seed}")
-    return TableClassData(*parts, classes=classes, feature_names=tuple(names), source=source)
+    source = (f"{path.name}: {split_sizes(split, 'rows')}, {len(names)} features, "
+              f"{len(classes)} classes in {target_column!r}, stratified split seed {seed}")
+    return TableClassData(*take(split, standardise(x, split[0])[0], y), classes=classes,
+                          feature_names=tuple(names), source=source)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from losscli.data.splits import SplitTensors, check_channels, check_int
 from losscli.errors import UnknownNameError, UsageError
 
 __all__ = ["COLOUR_PHOTOS", "PHOTO_SPLITS", "PhotoData", "load_photo", "load_photos"]
@@ -62,19 +63,13 @@ _VAL_STREAM, _TEST_STREAM = 2_000_003, 1_000_003  # noise seeds are seed + these
 
 
 @dataclass
-class PhotoData:
+class PhotoData(SplitTensors):
     """Noisy inputs ``*_x`` and clean targets ``*_y``, float32 ``[N, C, S, S]``.
 
     ``photos`` maps ``train`` / ``val`` / ``test`` to the photographs each split was cut
     from; ``source`` says the same in one line, with the crop side, counts and noise.
     """
 
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
     photos: dict[str, tuple[str, ...]]
     crop_size: int
     sigma: float
@@ -111,7 +106,7 @@ def load_photo(name: str, channels: int = 3) -> Tensor:
     known = [n for split in PHOTO_SPLITS.values() for n in split]
     if name not in known:
         raise UnknownNameError("photograph", name, known)
-    _check_channels(channels)
+    check_channels(channels)
     pixels = torch.tensor(_pixels(name), dtype=torch.float32) / 255.0
     if pixels.ndim == 2:
         if channels == 3:
@@ -122,17 +117,6 @@ def load_photo(name: str, channels: int = 3) -> Tensor:
     if channels == 1:
         return torch.einsum("chw,c->hw", pixels, torch.tensor(_RGB_TO_GREY)).unsqueeze(0)
     return pixels.contiguous()
-
-
-def _check_channels(channels: int) -> None:
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise UsageError(f"channels must be 1 (grey) or 3 (colour), got {channels!r}")
-
-
-def _check_int(name: str, value: int, lo: int, hi: float = math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        rule = f"in [{lo}, {hi}]" if hi != math.inf else f">= {lo}"
-        raise UsageError(f"{name} must be an integer {rule}, got {value!r}")
 
 
 def _split_photos(channels: int) -> dict[str, tuple[str, ...]]:
@@ -188,10 +172,10 @@ def load_photos(
         UsageError: scikit-image missing (``pip install "losscli[data]"``) or an argument
             out of range.
     """
-    _check_channels(channels)
-    _check_int("crop_size", crop_size, MIN_CROP, MAX_CROP)
-    _check_int("train_crops", train_crops, 1)
-    _check_int("seed", seed, 0)
+    check_channels(channels)
+    check_int("crop_size", crop_size, MIN_CROP, MAX_CROP)
+    check_int("train_crops", train_crops, 1)
+    check_int("seed", seed, 0)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
         raise UsageError(f"sigma must be a number > 0, got {sigma!r}")
     skimage, _ = _skimage_data()

@@ -8,14 +8,44 @@ so every class appears in every split, and then shuffles each split.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from losscli.errors import UsageError
 
-__all__ = ["Split", "check_fractions", "split_indices", "stratified_split_indices"]
+__all__ = ["Split", "SplitTensors", "check_channels", "check_fractions", "check_int",
+           "split_indices", "split_sizes", "standardise", "stratified_split_indices", "take"]
 
 Split = tuple[Tensor, Tensor, Tensor]  # int64 indices: train, validation, test
+
+
+@dataclass
+class SplitTensors:
+    """Inputs ``*_x`` and targets ``*_y`` of the three splits; each reader's data class
+    adds its own fields after these six."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+def check_int(name: str, value: int, low: int, high: float = math.inf) -> None:
+    """``value`` is an ``int`` (not a ``bool``) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        rule = f"in [{low}, {high}]" if high != math.inf else f">= {low}"
+        raise UsageError(f"{name} must be an integer {rule}, got {value!r}")
+
+
+def check_channels(channels: int, three: str = "colour") -> None:
+    """``channels`` is 1 (grey) or 3 (``three`` words the colour kind in the error)."""
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise UsageError(f"channels must be 1 (grey) or 3 ({three}), got {channels!r}")
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -77,3 +107,22 @@ def stratified_split_indices(labels: Tensor, *, val_fraction: float, test_fracti
         idx = torch.cat(part) if part else torch.zeros(0, dtype=torch.long)
         out.append(idx[torch.randperm(len(idx), generator=gen)])
     return out[0], out[1], out[2]
+
+
+def take(split: Split, *tensors: Tensor) -> list[Tensor]:
+    """``[a[train], b[train], a[val], b[val], a[test], b[test]]``, each contiguous."""
+    return [t[idx].contiguous() for idx in split for t in tensors]
+
+
+def split_sizes(split: Split, unit: str) -> str:
+    """The sizes for a source line: ``"8 train / 2 val / 2 test images"``."""
+    return f"{len(split[0])} train / {len(split[1])} val / {len(split[2])} test {unit}"
+
+
+def standardise(x: Tensor, train: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``x`` ``[N, D]`` standardised with the column mean and standard deviation of its
+    rows ``train``, then that mean and deviation (a constant column, or a single training
+    row, gets a deviation of 1e-12, not 0 or NaN)."""
+    rows = x[train]
+    mean, std = rows.mean(0), rows.std(0).nan_to_num(0.0).clamp_min(1e-12)
+    return (x - mean) / std, mean, std

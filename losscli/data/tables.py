@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from losscli.data.splits import split_indices
+from losscli.data.splits import SplitTensors, split_indices, split_sizes, standardise, take
 from losscli.data.synthetic_regression import (
     _check_number,
     _describe_outliers,
@@ -41,19 +41,13 @@ TABLES = ("diabetes", "stackloss", "engel")
 
 
 @dataclass
-class TableData:
+class TableData(SplitTensors):
     """Standardised float32 features ``[N, D]`` and targets ``[N]`` per split.
 
     ``outlier`` marks the shifted training rows (bool ``[n_train]``); ``target_mean`` and
     ``target_std`` undo the target's standardisation (``y * std + mean``).
     """
 
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
     outlier: Tensor
     feature_names: tuple[str, ...]
     target_name: str
@@ -114,17 +108,14 @@ def load_table(
     frame, target, origin = _frame(name)
     values = torch.tensor(frame.to_numpy(dtype="float64"), dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
-    train, val, test = (values[i] for i in split_indices(
-        len(values), val_fraction=val_fraction, test_fraction=test_fraction, gen=gen,
-        what=f"table {name!r}"))
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
-    train, val, test = ((part - mean) / std for part in (train, val, test))
-    train_y, outlier = _shift_outliers(train[:, -1], outliers, gen)
+    split = split_indices(len(values), val_fraction=val_fraction, test_fraction=test_fraction,
+                          gen=gen, what=f"table {name!r}")
+    scaled, mean, std = standardise(values, split[0])
+    parts = take(split, scaled[:, :-1], scaled[:, -1])
+    parts[1], outlier = _shift_outliers(parts[1], outliers, gen)  # training targets only
     features = tuple(str(c) for c in frame.columns[:-1])
-    source = (f"{origin}: {len(train)} train / {len(val)} val / {len(test)} test rows, "
-              f"{len(features)} features, target {target!r}, split seed {seed}"
+    source = (f"{origin}: {split_sizes(split, 'rows')}, {len(features)} features, target "
+              f"{target!r}, split seed {seed}"
               + (f", {_describe_outliers(outlier)}" if outliers else ""))
-    return TableData(train[:, :-1].contiguous(), train_y.contiguous(),
-                     val[:, :-1].contiguous(), val[:, -1].contiguous(),
-                     test[:, :-1].contiguous(), test[:, -1].contiguous(), outlier, features,
-                     target, float(mean[-1]), float(std[-1]), source)
+    return TableData(*parts, outlier=outlier, feature_names=features, target_name=target,
+                     target_mean=float(mean[-1]), target_std=float(std[-1]), source=source)
