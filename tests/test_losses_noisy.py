@@ -195,22 +195,18 @@ def test_released_nfl_gradient_is_not_the_derivative():
     assert torch.autograd.gradcheck(lambda x: fn("nfl_rce")(x, t, beta=0.0), (x,))
 
 
-@pytest.mark.parametrize("beta", [0.95, 0.5])
-def test_bootstrap_soft_matches_keras(beta):
+@pytest.mark.parametrize(("name", "keras", "beta"), [
+    ("bootstrap_soft", keras_boot_soft, 0.95),
+    ("bootstrap_soft", keras_boot_soft, 0.5),
+    ("bootstrap_hard", keras_boot_hard, 0.8),
+    ("bootstrap_hard", keras_boot_hard, 0.3),
+])
+def test_bootstrap_matches_keras(name, keras, beta):
     x, t = logits_and_target()
     onehot = F.one_hot(t, C).float()
     assert_value_and_grad_close(
-        lambda x: fn("bootstrap_soft")(x, t, beta=beta, reduction="none"),
-        lambda x: keras_boot_soft(onehot, F.softmax(x, 1), beta), x)
-
-
-@pytest.mark.parametrize("beta", [0.8, 0.3])
-def test_bootstrap_hard_matches_keras(beta):
-    x, t = logits_and_target()
-    onehot = F.one_hot(t, C).float()
-    assert_value_and_grad_close(
-        lambda x: fn("bootstrap_hard")(x, t, beta=beta, reduction="none"),
-        lambda x: keras_boot_hard(onehot, F.softmax(x, 1), beta), x)
+        lambda x: fn(name)(x, t, beta=beta, reduction="none"),
+        lambda x: keras(onehot, F.softmax(x, 1), beta), x)
 
 
 @pytest.mark.parametrize("pi", [0.1, 0.3, 0.5, 0.7, 0.9])

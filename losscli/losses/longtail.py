@@ -76,6 +76,13 @@ def _per_class(values: Sequence[float], pred: Tensor) -> Tensor:
     return t.view(1, -1, *[1] * (pred.dim() - 2))
 
 
+def _one_hot(target: Tensor, pred: Tensor) -> Tensor:
+    """Bool ``[N, C, *]``: True at each target's class (nowhere at an ignored target, which
+    is not a class); no range check, so no host sync (``F.one_hot`` would sync)."""
+    classes = torch.arange(pred.shape[1], device=pred.device)
+    return target.unsqueeze(1) == classes.view(1, -1, *[1] * (pred.dim() - 2))
+
+
 def effective_number_weights(counts: Sequence[float], beta: float) -> list[float]:
     """Cui et al.'s class weights ``(1 - beta) / (1 - beta^n_c)``, normalised to sum to C
     (as ``src/cifar_main.py``); ``beta = 0`` gives all ones."""
@@ -218,16 +225,25 @@ def ldam_loss(
         raise ValueError(f"ldam: max_m and s must be > 0, got max_m={max_m}, s={s}")
     inv = [c**-0.25 for c in _counts(class_counts, pred, "ldam")]
     margins = _per_class([max_m * m / max(inv) for m in inv], pred)
-    classes = torch.arange(pred.shape[1], device=pred.device).view_as(margins)
-    is_target = target.unsqueeze(1) == classes  # all False at ignored targets
-    return cross_entropy(s * (pred - margins * is_target), target, ignore_index=ignore_index,
-                         reduction=reduction, weight=weight, avg_factor=avg_factor)
+    return cross_entropy(s * (pred - margins * _one_hot(target, pred)), target,
+                         ignore_index=ignore_index, reduction=reduction, weight=weight,
+                         avg_factor=avg_factor)
 
 
 def _cb_weights(counts: Sequence[float] | None, beta: float, pred: Tensor, name: str):
     if not 0 <= beta < 1:
         raise ValueError(f"{name}: beta must be in [0, 1), got {beta}")
     return effective_number_weights(_counts(counts, pred, name), beta)
+
+
+def _cb_softmax_focal(name: str, pred: Tensor, target: Tensor, beta: float, gamma: float,
+                      class_counts: Sequence[float] | None, **reduce_args) -> Tensor:
+    """``focal`` with ``alpha`` = the class-balanced weights (``cb_focal``; ``cb_ce`` is
+    ``gamma = 0``); ``reduce_args``: ``ignore_index``, ``reduction``, ``weight``,
+    ``avg_factor``, passed on."""
+    check_index_target(pred, target, name)
+    w = _cb_weights(class_counts, beta, pred, name)
+    return focal_loss(pred, target, gamma=gamma, alpha=w, **reduce_args)
 
 
 @register_loss(
@@ -267,10 +283,9 @@ def class_balanced_ce(
     Returns:
         The loss, shaped like ``target`` for ``reduction="none"``.
     """
-    check_index_target(pred, target, "cb_ce")
-    w = _cb_weights(class_counts, beta, pred, "cb_ce")
-    return focal_loss(pred, target, gamma=0.0, alpha=w, ignore_index=ignore_index,
-                      reduction=reduction, weight=weight, avg_factor=avg_factor)
+    return _cb_softmax_focal("cb_ce", pred, target, beta, 0.0, class_counts,
+                             ignore_index=ignore_index, reduction=reduction, weight=weight,
+                             avg_factor=avg_factor)
 
 
 @register_loss(
@@ -310,10 +325,9 @@ def class_balanced_focal(
     Returns:
         The loss, shaped like ``target`` for ``reduction="none"``.
     """
-    check_index_target(pred, target, "cb_focal")
-    w = _cb_weights(class_counts, beta, pred, "cb_focal")
-    return focal_loss(pred, target, gamma=gamma, alpha=w, ignore_index=ignore_index,
-                      reduction=reduction, weight=weight, avg_factor=avg_factor)
+    return _cb_softmax_focal("cb_focal", pred, target, beta, gamma, class_counts,
+                             ignore_index=ignore_index, reduction=reduction, weight=weight,
+                             avg_factor=avg_factor)
 
 
 @register_loss(
@@ -356,8 +370,7 @@ def class_balanced_sigmoid_focal(
     """
     check_index_target(pred, target, "cb_sigmoid_focal")
     w = _per_class(_cb_weights(class_counts, beta, pred, "cb_sigmoid_focal"), pred)
-    classes = torch.arange(pred.shape[1], device=pred.device).view_as(w)
-    onehot = (target.unsqueeze(1) == classes).to(pred.dtype)
+    onehot = _one_hot(target, pred).to(pred.dtype)
     per_class = sigmoid_focal_loss(pred, onehot, alpha=-1.0, gamma=gamma, reduction="none")
     valid = target != ignore_index
     w_t = (w * onehot).sum(dim=1)  # the target's weight (0 at ignored targets)

@@ -43,23 +43,27 @@ __all__ = [
 RCE_A = -math.log(1e-4)
 
 _APL = "github.com/HanxunH/Active-Passive-Losses, loss.py"
+_SCE_REPO = "github.com/YisenWang/symmetric_cross_entropy_for_noisy_labels"
+_MA = "Ma et al., Normalized Loss Functions for Deep Learning with Noisy Labels, ICML 2020"
+_REED = ("Reed et al., Training Deep Neural Networks on Noisy Labels with Bootstrapping, "
+         "ICLR workshop 2015")
 
 
 def _log_probs(
-    pred: Tensor, target: Tensor, ignore_index: int, name: str
+    pred: Tensor, target: Tensor, ignore_index: int, name: str, *, two_classes: bool = False
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``log_softmax`` over dim 1, its value at the target, the non-ignored mask and the
-    target with ignored entries set to class 0 (``gather`` stays in range, no host sync)."""
+    target with ignored entries set to class 0 (``gather`` stays in range, no host sync).
+
+    ``two_classes``: refuse a single class (the normalised losses divide by
+    ``sum_c -log p_c``, which is 0 for one class)."""
     check_index_target(pred, target, name)
+    if two_classes and pred.shape[1] < 2:
+        raise ValueError(f"{name}: needs at least 2 classes, got pred of shape {tuple(pred.shape)}")
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target))
     logp = F.log_softmax(pred, dim=1)
     return logp, logp.gather(1, safe_target.unsqueeze(1)).squeeze(1), valid, safe_target
-
-
-def _check_two_classes(pred: Tensor, name: str) -> None:
-    if pred.shape[1] < 2:  # one class: the normaliser sum_c -log p_c is 0
-        raise ValueError(f"{name}: needs at least 2 classes, got pred of shape {tuple(pred.shape)}")
 
 
 def _rce(logp_t: Tensor) -> Tensor:
@@ -86,7 +90,7 @@ def _nfl(logp: Tensor, safe_target: Tensor, gamma: float) -> Tensor:
     target=Target.INDEX,
     description="Symmetric cross-entropy: alpha * CE + beta * reverse CE.",
     reference="Wang et al., Symmetric Cross Entropy for Robust Learning with Noisy Labels, "
-    "ICCV 2019 (github.com/YisenWang/symmetric_cross_entropy_for_noisy_labels; " + _APL + ")",
+    f"ICCV 2019 ({_SCE_REPO}; {_APL})",
     aliases=("symmetric_ce",),
 )
 def symmetric_cross_entropy(
@@ -167,8 +171,7 @@ def reverse_cross_entropy(
     pred=Pred.LOGITS,
     target=Target.INDEX,
     description="Normalized cross-entropy: -log p_t / sum_c -log p_c, in [0, 1].",
-    reference="Ma et al., Normalized Loss Functions for Deep Learning with Noisy Labels, "
-    "ICML 2020; " + _APL,
+    reference=f"{_MA}; {_APL}",
     aliases=("normalized_ce",),
 )
 def normalized_cross_entropy(
@@ -191,8 +194,7 @@ def normalized_cross_entropy(
     Returns:
         The loss, shaped like ``target`` for ``reduction="none"``.
     """
-    logp, logp_t, valid, _ = _log_probs(pred, target, ignore_index, "nce")
-    _check_two_classes(pred, "nce")
+    logp, logp_t, valid, _ = _log_probs(pred, target, ignore_index, "nce", two_classes=True)
     return _reduce_valid(_nce(logp, logp_t), valid, reduction, weight, avg_factor)
 
 
@@ -202,8 +204,7 @@ def normalized_cross_entropy(
     pred=Pred.LOGITS,
     target=Target.INDEX,
     description="Active-passive loss alpha * NCE + beta * RCE.",
-    reference="Ma et al., Normalized Loss Functions for Deep Learning with Noisy Labels, "
-    "ICML 2020 (" + _APL + ", NCEandRCE)",
+    reference=f"{_MA} ({_APL}, NCEandRCE)",
 )
 def nce_rce_loss(
     pred: Tensor,
@@ -230,8 +231,8 @@ def nce_rce_loss(
     """
     check_range("nce_rce", "alpha", alpha, 0.0)
     check_range("nce_rce", "beta", beta, 0.0)
-    logp, logp_t, valid, _ = _log_probs(pred, target, ignore_index, "nce_rce")
-    _check_two_classes(pred, "nce_rce")
+    logp, logp_t, valid, _ = _log_probs(pred, target, ignore_index, "nce_rce",
+                                        two_classes=True)
     loss = alpha * _nce(logp, logp_t) + beta * _rce(logp_t)
     return _reduce_valid(loss, valid, reduction, weight, avg_factor)
 
@@ -242,8 +243,7 @@ def nce_rce_loss(
     pred=Pred.LOGITS,
     target=Target.INDEX,
     description="Active-passive loss alpha * normalized focal + beta * RCE.",
-    reference="Ma et al., Normalized Loss Functions for Deep Learning with Noisy Labels, "
-    "ICML 2020 (" + _APL + ", NFLandRCE)",
+    reference=f"{_MA} ({_APL}, NFLandRCE)",
 )
 def nfl_rce_loss(
     pred: Tensor,
@@ -279,8 +279,8 @@ def nfl_rce_loss(
     check_range("nfl_rce", "alpha", alpha, 0.0)
     check_range("nfl_rce", "beta", beta, 0.0)
     check_range("nfl_rce", "gamma", gamma, 0.0)
-    logp, logp_t, valid, safe_target = _log_probs(pred, target, ignore_index, "nfl_rce")
-    _check_two_classes(pred, "nfl_rce")
+    logp, logp_t, valid, safe_target = _log_probs(pred, target, ignore_index, "nfl_rce",
+                                                  two_classes=True)
     loss = alpha * _nfl(logp, safe_target, gamma) + beta * _rce(logp_t)
     return _reduce_valid(loss, valid, reduction, weight, avg_factor)
 
@@ -291,9 +291,7 @@ def nfl_rce_loss(
     pred=Pred.LOGITS,
     target=Target.INDEX,
     description="Soft bootstrapping: CE against beta * y + (1 - beta) * p (entropy-regularised).",
-    reference="Reed et al., Training Deep Neural Networks on Noisy Labels with Bootstrapping, "
-    "ICLR workshop 2015 (boot_soft in github.com/YisenWang/"
-    "symmetric_cross_entropy_for_noisy_labels)",
+    reference=f"{_REED} (boot_soft in {_SCE_REPO})",
     aliases=("boot_soft",),
 )
 def bootstrap_soft_loss(
@@ -333,9 +331,7 @@ def bootstrap_soft_loss(
     pred=Pred.LOGITS,
     target=Target.INDEX,
     description="Hard bootstrapping: CE against beta * y + (1 - beta) * onehot(argmax p).",
-    reference="Reed et al., Training Deep Neural Networks on Noisy Labels with Bootstrapping, "
-    "ICLR workshop 2015 (boot_hard in github.com/YisenWang/"
-    "symmetric_cross_entropy_for_noisy_labels)",
+    reference=f"{_REED} (boot_hard in {_SCE_REPO})",
     aliases=("boot_hard",),
 )
 def bootstrap_hard_loss(
