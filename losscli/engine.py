@@ -5,11 +5,17 @@ loss is accumulated on the device and read once per eval (no host sync per step)
 training steps after the warm-up are timed; a non-finite loss ends the run as
 ``diverged`` and an exception as ``error``; same seed and settings on CPU give identical
 numbers. Several seeds can train as one vmapped model (``losscli.vectorised``) behind the
-same small trainer interface: ``step()``, ``models()``, ``loss_ms()``, ``objective``.
+same small trainer interface: ``step()``, ``models()``, ``loss_ms()``, ``objective``,
+``snapshot(k)``.
+
+Protocol: every eval during training scores the validation split; the test split is read
+once per run, after the last step, on the final model (or, with ``select = "best"``, on
+the weights of the best validation eval). Nothing else reads it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import resource
 import time
@@ -20,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from losscli.jobs import Job, JobData, Objective
+from losscli.jobs import Job, JobData, Objective, Split
 from losscli.losses import Loss
 from losscli.settings import OPTIMIZERS, Settings
 
@@ -30,10 +36,12 @@ __all__ = ["Batches", "RunOutcome", "SingleTrainer", "Trainer", "make_optimizer"
 
 @dataclass
 class RunOutcome:
-    status: str  # ok | diverged | error
+    status: str  # ok | diverged | pruned (a tuning trial stopped early) | error
     error: str = ""
-    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # validation
     train_loss: list[tuple[int, float]] = field(default_factory=list)
+    test: dict[str, float] = field(default_factory=dict)  # the one test evaluation
+    selected_step: int | None = None  # the step whose model the test split scored
     steps_done: int = 0
     train_seconds: float = 0.0
     timed_samples: int = 0
@@ -54,6 +62,9 @@ class Trainer(Protocol):
 
     def loss_ms(self) -> list[float]:
         """Forward+backward ms of the loss alone, per seed."""
+
+    def snapshot(self, k: int) -> nn.Module:
+        """A frozen copy of seed ``k``'s model as it is now (for ``select = best``)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +123,7 @@ class Batches:
     """Batches from an on-device permutation, reshuffled each epoch (drop-last)."""
 
     def __init__(self, data: JobData, batch_size: int, seed: int):
-        self.x, self.y, self.bs = data.train_x, data.train_y, batch_size
+        self.x, self.y, self.bs = data.train.x, data.train.y, batch_size
         self.n = data.n_train
         if batch_size > self.n:
             raise ValueError(f"batch size {batch_size} exceeds the {self.n} training samples")
@@ -159,12 +170,23 @@ class SingleTrainer:
     def loss_ms(self) -> list[float]:
         return [loss_ms(self.model, self.objective, self.batches, self.device)]
 
+    def snapshot(self, k: int) -> nn.Module:
+        return copy.deepcopy(self.model)
+
 
 def run_one(job: Job, data: JobData, loss: Loss, cfg: Settings, seed: int,
-            on_step: Callable[[int], None] | None = None) -> RunOutcome:
+            on_step: Callable[[int], None] | None = None,
+            on_eval: Callable[[int, float], bool] | None = None) -> RunOutcome:
     """Train ``job``'s model with ``loss`` for ``cfg.steps`` steps on ``data`` (already on
-    ``cfg.device``). Never raises for a failing run: the outcome says ``error``."""
-    return run_seeds(job, data, loss, cfg, [seed], on_step=on_step)[0]
+    ``cfg.device``). Never raises for a failing run: the outcome says ``error``.
+
+    ``on_eval(step, validation primary metric)`` (a tuning trial): called after each eval;
+    True stops the run as ``pruned``, and the test split is then never evaluated (a
+    trial with ``on_eval`` is scored on validation only)."""
+    if on_eval is None:
+        return run_seeds(job, data, loss, cfg, [seed], on_step=on_step)[0]
+    return _guarded(job, data, cfg, [seed], on_step,
+                    lambda: SingleTrainer(job, data, loss, cfg, seed), on_eval)[0]
 
 
 def run_seeds(job: Job, data: JobData, loss: Loss, cfg: Settings, seeds: Sequence[int], *,
@@ -183,14 +205,14 @@ def run_seeds(job: Job, data: JobData, loss: Loss, cfg: Settings, seeds: Sequenc
                     lambda: StackedTrainer(job, data, loss, cfg, seeds))
 
 
-def _guarded(job, data, cfg, seeds, on_step, make_trainer) -> list[RunOutcome]:
+def _guarded(job, data, cfg, seeds, on_step, make_trainer, on_eval=None) -> list[RunOutcome]:
     device = torch.device(cfg.device)
     outs = [RunOutcome(status="ok") for _ in seeds]
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
-        train(make_trainer(), job, data, cfg, outs, on_step)
+        train(make_trainer(), job, data, cfg, outs, on_step, on_eval)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # an error is a result; the sweep goes on
@@ -239,13 +261,16 @@ def eval_steps(cfg: Settings) -> list[int]:
 
 
 def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
-          outs: list[RunOutcome], on_step: Callable[[int], None] | None = None) -> None:
+          outs: list[RunOutcome], on_step: Callable[[int], None] | None = None,
+          on_eval: Callable[[int, float], bool] | None = None) -> None:
     """The loop: timed steps between evals; each eval reads the running loss once (the one
-    host sync of a segment), ends diverged seeds and scores the live ones."""
+    host sync of a segment), ends diverged seeds and scores the live ones on validation.
+    After the last step, the test split scores each live seed's selected model (not for a
+    tuning trial, which ``on_eval`` marks; see ``run_one``)."""
     device, models = torch.device(cfg.device), trainer.models()
-    live = list(range(len(outs)))
+    live, chosen = list(range(len(outs))), {}
     for k in live:
-        outs[k].evals.append((0, evaluate(job, models[k], data, trainer.objective)))
+        outs[k].evals.append((0, evaluate(job, models[k], data.val, trainer.objective)))
     warm = min(cfg.warmup_steps, cfg.steps - 1)  # untimed: allocator and kernel warm-up
     timer, running, step = _SegmentTimer(device), torch.zeros(len(outs), device=device), 0
     for end in eval_steps(cfg):
@@ -261,6 +286,12 @@ def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
         means = (running / (end - first + 1)).tolist()  # the one host sync per eval
         running.zero_()
         live = _after_eval(job, data, trainer, models, outs, live, end, means)
+        if cfg.select == "best":
+            _keep_best(job, trainer, outs, live, chosen)
+        if on_eval is not None and live and on_eval(end, outs[0].evals[-1][1][
+                job.primary_metric]):
+            outs[0].status = "pruned"
+            return
         if not live:
             return
         if warm < end < cfg.steps:
@@ -268,6 +299,22 @@ def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
     per_seed = trainer.loss_ms()  # once: each call times every seed of a stack
     for k in live:
         outs[k].loss_ms_per_step = per_seed[k]
+        step_k, model = chosen.get(k, (cfg.steps, models[k]))
+        outs[k].selected_step = step_k
+        if on_eval is None:  # a tuning trial never reads the test split
+            outs[k].test = evaluate(job, model, data.test, trainer.objective)
+
+
+def _keep_best(job: Job, trainer: Trainer, outs: list[RunOutcome], live: list[int],
+               chosen: dict[int, tuple[int, nn.Module]]) -> None:
+    """``select = best``: a copy of each live seed's model when its latest validation eval
+    is its best so far (ties keep the earlier one). Costs a model copy per improvement."""
+    name = job.primary_metric
+    for k in live:
+        values = [m[name] for _, m in outs[k].evals[1:]]
+        best = max(values) if job.maximize else min(values)
+        if values[-1] == best and best not in values[:-1]:
+            chosen[k] = (outs[k].evals[-1][0], trainer.snapshot(k))
 
 
 def _add_time(outs: list[RunOutcome], live: list[int], seconds: float, samples: int) -> None:
@@ -278,13 +325,13 @@ def _add_time(outs: list[RunOutcome], live: list[int], seconds: float, samples: 
 
 def _after_eval(job, data, trainer, models, outs, live, step, means) -> list[int]:
     """Record the segment's mean loss; a non-finite one ends that seed as ``diverged``,
-    the others are evaluated. Returns the seeds still training."""
+    the others are evaluated on the validation split. Returns the seeds still training."""
     still = []
     for k in live:
         outs[k].steps_done = step
         outs[k].train_loss.append((step, means[k]))
         if math.isfinite(means[k]):
-            outs[k].evals.append((step, evaluate(job, models[k], data, trainer.objective)))
+            outs[k].evals.append((step, evaluate(job, models[k], data.val, trainer.objective)))
             still.append(k)
         else:
             outs[k].status = "diverged"
@@ -292,12 +339,12 @@ def _after_eval(job, data, trainer, models, outs, live, step, means) -> list[int
     return still
 
 
-def evaluate(job: Job, model: nn.Module, data: JobData, objective: Objective
+def evaluate(job: Job, model: nn.Module, split: Split, objective: Objective
              ) -> dict[str, float]:
-    """The job's metrics of ``model`` (in eval mode for the call)."""
+    """The job's metrics of ``model`` on ``split`` (in eval mode for the call)."""
     model.eval()
     try:
-        return job.evaluate(model, data, objective)
+        return job.evaluate(model, split, objective)
     finally:
         model.train()
 

@@ -19,7 +19,13 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from losscli.render import fmt_num  # noqa: E402
-from losscli.results import read_history, read_runs, seed_stats, with_variant  # noqa: E402
+from losscli.results import (  # noqa: E402
+    read_history,
+    read_meta,
+    read_runs,
+    seed_stats,
+    with_variant,
+)
 
 __all__ = ["FindingResult", "build_report", "evaluate_finding", "ranking"]
 
@@ -87,8 +93,8 @@ def _save(fig, path: Path) -> Path:
 def variant_plots(variant: str, runs, history, metric: str, out: Path, stem: str) -> list[Path]:
     ok = runs[runs["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_curves(axes[0], history, ok, "test", metric)
-    axes[0].set_title(f"{variant}: test {metric} (band: min–max over seeds)", fontsize=9)
+    _plot_curves(axes[0], history, ok, "val", metric)
+    axes[0].set_title(f"{variant}: validation {metric} (band: min–max over seeds)", fontsize=9)
     train = history[(history["split"] == "train") & (history["value"] > 0)]
     _plot_curves(axes[1], train, ok, "train", "loss", log=True)
     axes[1].set_title("training loss (each loss on its own scale)", fontsize=9)
@@ -96,8 +102,8 @@ def variant_plots(variant: str, runs, history, metric: str, out: Path, stem: str
     curves = _save(fig, out / f"{stem}-curves.png")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for _, g in ok.groupby("loss_key", sort=False):
-        ax.errorbar(g["train_seconds"].mean(), g["primary_final"].mean(),
-                    xerr=g["train_seconds"].std(ddof=0), yerr=g["primary_final"].std(ddof=0),
+        ax.errorbar(g["train_seconds"].mean(), g["test_final"].mean(),
+                    xerr=g["train_seconds"].std(ddof=0), yerr=g["test_final"].std(ddof=0),
                     fmt="o", capsize=3, label=g["loss"].iloc[0])
     ax.set_xlabel("train seconds per run (eval excluded)")
     ax.set_ylabel(f"final {metric}")
@@ -120,7 +126,7 @@ class FindingResult:
 
 def _metric_by_seed(runs: pd.DataFrame, spec: str, metric: str) -> pd.Series:
     g = runs[(runs["loss"] == spec) & (runs["status"] == "ok")]
-    return pd.Series([json.loads(m)[metric] for m in g["final_metrics"]], index=g["seed"])
+    return pd.Series([json.loads(m)[metric] for m in g["test_metrics"]], index=g["seed"])
 
 
 def evaluate_finding(finding, runs: pd.DataFrame) -> FindingResult:
@@ -245,8 +251,7 @@ def build_report(run_dir: Path, out: Path | None = None, findings=()) -> tuple[P
     out = Path(out or run_dir / "report")
     out.mkdir(parents=True, exist_ok=True)
     runs, history = read_runs(run_dir), read_history(run_dir)
-    meta_path = run_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_meta(run_dir)
     sections = _sections(runs, history, out)
     results = [evaluate_finding(f, runs) for f in findings]
     md = out / "report.md"
@@ -260,7 +265,8 @@ def _intro(run_dir: Path, meta: dict) -> list[str]:
     return [f"Run directory: `{run_dir}`",
             f"Command: `{meta.get('command', '?')}` · device {meta.get('device', '?')} · "
             f"{meta.get('versions', '')} · commit {str(meta.get('git_commit'))[:10]}",
-            "Quality is each run's final primary metric; mean ± std and a 95 % t-interval "
+            "Quality is each run's primary metric on the test split (evaluated once, after "
+            "training; curves are validation); mean ± std and a 95 % t-interval "
             f"over seeds; Welch's t-test against the best loss (significant at p < {ALPHA})."]
 
 

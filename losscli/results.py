@@ -13,13 +13,18 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from losscli.errors import UsageError
+from losscli.files import parse_table, read_json_object, read_text
+
 __all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "RunResult", "WriteError",
-           "best_value", "curve_auc", "read_history", "read_runs", "seed_stats",
-           "steps_to_target", "summarize", "variant_label", "with_variant"]
+           "best_value", "curve_auc", "read_history", "read_meta", "read_run_dir", "read_runs",
+           "seed_stats", "steps_to_target", "summarize", "variant_label", "with_variant"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,11 @@ class RunResult:
     error: str
     primary_metric: str
     maximize: bool  # whether a higher primary metric is better
-    primary_best: float
-    primary_final: float
+    val_best: float  # best validation value of the primary metric (evals after step 0)
+    val_final: float  # its validation value at the last eval
+    test_final: float  # its test value: the one test evaluation, of the selected model
+    selection: str  # final | best: which model the test split scored
+    selected_step: int | None  # that model's step
     target: float
     steps_to_target: int | None
     curve_auc: float
@@ -58,8 +66,12 @@ class RunResult:
     loss_ms_per_step: float
     peak_mem_mb: float
     seeds_together: int
-    final_metrics: dict[str, float]
-    best_metrics: dict[str, float]
+    phase: str  # run | tune (a tuning trial, validation only) | final (a tuned setting)
+    trial: int | None  # tuning: the trial number within its (variant, loss) study
+    rung: int | None  # tuning: the successive-halving rung this row ended at
+    tuned: str  # JSON of the tuned values this run trained with ("" when nothing was tuned)
+    val_metrics: dict[str, float]  # every metric of the job at the last validation eval
+    test_metrics: dict[str, float]  # every metric of the job on the test split
     data_source: str
     versions: str
     finished_at: str
@@ -150,7 +162,7 @@ class ResultStore:
                                  "write to a new run directory")
             data = (_csv_line(list(header)) if size == 0 else "") + lines
             os.lseek(fd, 0, os.SEEK_END)
-            os.write(fd, data.encode())  # one write of whole lines
+            _write_all(fd, data.encode())  # whole lines, one write unless the disk fills
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -177,10 +189,37 @@ class ResultStore:
         except OSError as exc:
             raise WriteError(self.root, exc.strerror or str(exc)) from None
 
+    @contextmanager
+    def locked(self) -> Iterator[ResultStore]:
+        """Hold this writer's lock (``.lock``, or ``.lock.<shard>``) while it writes: a second
+        process writing the same files is refused, naming the holder's PID. The kernel
+        releases the lock when the holder exits, however it exits (kill -9 included)."""
+        import fcntl
+
+        path = self.root / (f".lock.{self.shard}" if self.shard else ".lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise WriteError(path, exc.strerror or str(exc)) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise UsageError(f"run directory {self.root} is in use by PID {holder} (another "
+                                 "losscli writing its results); wait for it to finish or give "
+                                 "another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
     def finished_keys(self) -> set[str]:
-        """Runs a resume skips: finished ``ok`` or ``diverged`` (an ``error`` is retried)."""
+        """Runs a resume skips: finished ``ok``, ``diverged`` or ``pruned`` (an ``error`` is
+        retried)."""
         df = read_runs(self.root)
-        return set(df.loc[df["status"].isin(["ok", "diverged"]), "run_key"])
+        return set(df.loc[df["status"].isin(["ok", "diverged", "pruned"]), "run_key"])
 
 
 def _cell(value: Any) -> Any:
@@ -213,29 +252,61 @@ def _drop_partial_line(fd: int) -> int:
     return keep
 
 
-def _complete_lines(path: Path) -> str:
-    text = path.read_text() if path.exists() else ""
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written: a short write (the disk filling up) is
+    retried, and the error it then meets (ENOSPC, EFBIG) raised."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+MAX_CSV_BYTES = 1 << 30  # a run directory's CSV larger than this is not read
+
+# how each column is read back: the kind follows the RunResult field's type
+_KIND_OF_TYPE = {"str": "str", "int": "int", "float": "float", "bool": "bool",
+                 "int | None": "int?", "dict[str, float]": "json"}
+RUN_KINDS = {f.name: _KIND_OF_TYPE.get(str(f.type), "infer") for f in fields(RunResult)}
+HISTORY_KINDS = {"run_key": "str", "step": "int", "split": "str", "metric": "str",
+                 "value": "float"}
+STATUSES = ("ok", "diverged", "pruned", "error")  # pruned: a tuning trial stopped early
+
+
+def _complete_lines(path: Path, what: str) -> str:
+    text = read_text(path, what, MAX_CSV_BYTES)
     if text and not text.endswith("\n"):  # a partial trailing line from a killed writer
         text = text[: text.rfind("\n") + 1]
     return text
 
 
-def _read_shards(root: Path, stem: str, columns: tuple[str, ...]):
+def _read_shards(root: Path, stem: str, kinds: dict[str, str], what: str):
+    """Every shard (``<stem>.csv``, ``<stem>.<shard>.csv``) of a run directory, concatenated;
+    a file that does not parse is a UsageError naming it."""
     import pandas as pd
 
-    frames = []
-    for path in sorted(Path(root).glob(f"{stem}*.csv")):
-        text = _complete_lines(path)
-        if text.count("\n") > 1:
-            frames.append(pd.read_csv(io.StringIO(text)))
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root} is not a run directory (it is a file)")
+    frames = [parse_table(_complete_lines(path, what), path, kinds, what)
+              for path in sorted(root.glob(f"{stem}*.csv"))]
+    frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame(columns=list(columns))
-    return pd.concat(frames, ignore_index=True)
+        return parse_table("", root / f"{stem}.csv", kinds, what)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def read_runs(root: Path):
-    """Every finished run of a run directory (all shards), one row per run key."""
-    df = _read_shards(root, "runs", RUN_COLUMNS)
+    """Every finished run of a run directory (all shards), one row per run key.
+
+    Raises:
+        UsageError: a runs file that is not one (see ``losscli.files.parse_table``) or holds
+            an unknown status or an empty run key.
+    """
+    df = _read_shards(root, "runs", RUN_KINDS, "runs file")
+    bad = ~df["status"].isin(STATUSES) | (df["run_key"].str.strip() == "")
+    if bad.any():
+        row = df[bad].iloc[0]
+        raise UsageError(f"runs file in {root}: run {row['run_key']!r} has status "
+                         f"{row['status']!r} (one of {', '.join(STATUSES)} with a run key)")
     # a run that errored and was retried on resume: its latest row wins
     df = df.sort_values("finished_at", kind="stable")
     return df.drop_duplicates("run_key", keep="last").reset_index(drop=True)
@@ -243,11 +314,32 @@ def read_runs(root: Path):
 
 def read_history(root: Path):
     """History rows of finished runs only, without the duplicates a resumed run can leave."""
-    df = _read_shards(root, "history", HISTORY_COLUMNS)
+    df = _read_shards(root, "history", HISTORY_KINDS, "history file")
     finished = set(read_runs(root)["run_key"])
     df = df[df["run_key"].isin(finished)]
     return df.drop_duplicates(["run_key", "step", "split", "metric"], keep="last") \
         .reset_index(drop=True)
+
+
+def read_run_dir(root: Path):
+    """``read_runs`` of a run directory a user names (report, check, baseline): one that
+    does not exist, is a file or holds no runs is a UsageError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"run directory {root} " + ("is a file" if root.exists()
+                                                      else "does not exist"))
+    runs = read_runs(root)
+    if not len(runs):
+        raise UsageError(f"{root} holds no runs (no runs.csv, or only its header)")
+    return runs
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    """A run directory's ``meta.json`` (``{}`` when it has none)."""
+    path = Path(root) / "meta.json"
+    if not path.exists() and not path.is_symlink():
+        return {}
+    return read_json_object(path, "meta file")
 
 
 def variant_label(row: Any) -> str:
@@ -256,8 +348,11 @@ def variant_label(row: Any) -> str:
     opts = json.loads(row["job_options"]) if isinstance(row["job_options"], str) and \
         row["job_options"] else {}
     inner = ",".join(f"{k}={v}" for k, v in opts.items())
+    tuned = json.loads(row["tuned"]) if isinstance(row.get("tuned"), str) and row["tuned"] \
+        else {}
+    lr = "lr tuned" if "lr" in tuned else f"lr {float(row['lr']):g}"
     parts = [f"{row['job']}{f'[{inner}]' if inner else ''}", f"{int(row['steps'])} steps",
-             f"{row['optimizer']} lr {float(row['lr']):g}", f"batch {int(row['batch_size'])}",
+             f"{row['optimizer']} {lr}", f"batch {int(row['batch_size'])}",
              f"eval {int(row['eval_every'])}"]
     if float(row["weight_decay"] or 0):
         parts.append(f"wd {float(row['weight_decay']):g}")
@@ -281,7 +376,7 @@ def seed_stats(g) -> dict[str, Any]:
     (the summary table, ``check`` and the report all use it). ``std`` is the sample std
     (ddof 1): NaN for a single seed, never 0."""
     ok = g[g["status"] == "ok"]
-    final = ok["primary_final"].astype(float)
+    final = ok["test_final"].astype(float)
     reached = ok["steps_to_target"].dropna()
     return {
         "runs": len(g), "ok": len(ok),
@@ -290,16 +385,25 @@ def seed_stats(g) -> dict[str, Any]:
         "values": final.to_numpy(),
         "mean": final.mean() if len(ok) else math.nan,
         "std": final.std(ddof=1) if len(ok) > 1 else math.nan,
-        "best_mean": ok["primary_best"].astype(float).mean() if len(ok) else math.nan,
+        "best_mean": ok["val_best"].astype(float).mean() if len(ok) else math.nan,
+        "val_mean": ok["val_final"].astype(float).mean() if len(ok) else math.nan,
         "steps_to_target": reached.mean() if len(reached) else math.nan,
         "reached": len(reached),
         "threads": ",".join(sorted({str(t) for t in g["threads"].dropna()})),
     }
 
 
+def compared(runs):
+    """The runs a comparison ranks: plain and tuned-final runs (tuning trials are scored
+    on validation only and never ranked)."""
+    if "phase" not in runs.columns:
+        return runs
+    return runs[runs["phase"].fillna("run") != "tune"]
+
+
 def groups(runs):
     """Comparable runs: one group per (variant, canonical loss), in first-seen order."""
-    return with_variant(runs).groupby(["variant", "loss_key"], sort=False)
+    return with_variant(compared(runs)).groupby(["variant", "loss_key"], sort=False)
 
 
 def summarize(runs):
@@ -324,18 +428,20 @@ def _summary_row(variant: str, g) -> dict[str, Any]:
 
     first, st = g.iloc[0], seed_stats(g)
     ok = g[g["status"] == "ok"]
-    metrics = pd.DataFrame([json.loads(m) for m in ok["final_metrics"]])
+    metrics = pd.DataFrame([json.loads(m) for m in ok["test_metrics"]])
     row = {
         "job": first["job"], "variant": variant, "loss": first["loss"],
         "loss_key": first["loss_key"], "runs": st["runs"], "ok": st["ok"],
         "diverged": st["diverged"], "errors": st["errors"],
         "primary_metric": first["primary_metric"], "maximize": _truthy(first["maximize"]),
-        "final_mean": st["mean"], "final_std": st["std"], "best_mean": st["best_mean"],
+        "final_mean": st["mean"], "final_std": st["std"], "val_mean": st["val_mean"],
+        "best_mean": st["best_mean"],
         "steps_to_target": st["steps_to_target"], "reached_target": st["reached"],
         "curve_auc": ok["curve_auc"].mean(), "final_train_loss": ok["final_train_loss"].mean(),
         "train_seconds": ok["train_seconds"].mean(), "samples_per_s": ok["samples_per_s"].mean(),
         "loss_ms_per_step": ok["loss_ms_per_step"].mean(), "threads": st["threads"],
         "seeds": ",".join(str(s) for s in g["seed"]),
+        "tuned": first.get("tuned", "") if isinstance(first.get("tuned", ""), str) else "",
     }
     for name in metrics.columns:
         row[f"{name}_mean"] = metrics[name].mean()

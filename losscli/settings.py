@@ -18,7 +18,7 @@ from typing import Any
 
 from losscli.errors import UsageError
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "Settings", "layered"]
+__all__ = ["DEFAULTS", "OPTIMIZERS", "SELECTIONS", "Settings", "layered"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -35,6 +35,7 @@ class Settings:
     weight_decay: float | None = None
     eval_every: int | None = None  # steps; default: every epoch, or ten evals per run
     warmup_steps: int | None = None  # untimed steps at the start of a run
+    select: str | None = None  # which model the test split scores: final | best (on val)
     device: str | None = None
     bf16: bool | None = None
 
@@ -83,14 +84,16 @@ def layered(*layers: Settings) -> Settings:
     return result
 
 
+SELECTIONS = ("final", "best")
 DEFAULTS = Settings(batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0,
-                    eval_every=0, warmup_steps=5, device="cpu", bf16=False)
+                    eval_every=0, warmup_steps=5, select="final", device="cpu", bf16=False)
 
 _RULES = {
     "epochs": "a number > 0", "steps": "an integer >= 1", "batch_size": "an integer >= 1",
     "lr": "a finite number >= 0", "optimizer": f"one of {', '.join(OPTIMIZERS)}",
     "weight_decay": "a finite number >= 0", "eval_every": "an integer >= 1",
     "warmup_steps": "an integer >= 0", "device": "a device name", "bf16": "true or false",
+    "select": "final or best",
 }
 
 
@@ -106,6 +109,8 @@ def _valid(name: str, v: Any) -> bool:
         return number and math.isfinite(v) and v >= 0
     if name == "optimizer":
         return v in OPTIMIZERS
+    if name == "select":
+        return v in SELECTIONS
     if name == "bf16":
         return isinstance(v, bool)
     return isinstance(v, str) and bool(v)

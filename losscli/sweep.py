@@ -16,9 +16,11 @@ import math
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,7 +29,8 @@ from typing import Any, Protocol
 import torch
 
 from losscli.engine import RunOutcome, run_one, run_seeds
-from losscli.errors import UsageError
+from losscli.errors import Interrupted, UsageError
+from losscli.files import clip
 from losscli.jobs import Job, JobData, create_job
 from losscli.losses import Loss, create_loss, list_losses, load_plugin
 from losscli.losses.image import MissingWeightsError
@@ -41,6 +44,7 @@ from losscli.results import (
 )
 from losscli.settings import Settings
 from losscli.suite import JobRequest
+from losscli.tuning import Tune
 from losscli.vectorised import Calibration
 
 __all__ = ["Plan", "Progress", "RunSpec", "SweepResult", "compatible_losses", "execute",
@@ -53,6 +57,10 @@ class RunSpec:
     loss: Loss
     seed: int
     cfg: Settings  # resolved: every field set
+    tune: Tune | None = None  # tune this run's (variant, loss) first (see losscli.tuning)
+    phase: str = "run"  # run | tune | final
+    trial: int | None = None
+    tuned: str = ""  # JSON of the tuned values (tune and final phases)
 
     @property
     def key(self) -> str:
@@ -65,6 +73,8 @@ class RunSpec:
             # the device type, not its index: rank 3's cuda:3 runs the same run as cuda:0
             "cfg": {**self.cfg.identity(), "device": self.cfg.device.split(":")[0]},
         }
+        if self.phase != "run":  # a trial and a final run of the same settings differ
+            ident["phase"] = [self.phase, self.trial]
         return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -125,18 +135,19 @@ def compatible_losses(job: Job) -> list[str]:
 
 
 def _loss_problems(job: Job, spec: str) -> tuple[Loss | None, list[str]]:
+    flag = f"--loss {clip(spec)}"
     try:
         loss = create_loss(spec)
     except UsageError as exc:
-        return None, [f"--loss {spec}: {exc}"]
-    problems = [f"--loss {spec}: {term.info.name}: {why}" for term in loss.terms
+        return None, [f"{flag}: {exc}"]
+    problems = [f"{flag}: {term.info.name}: {why}" for term in loss.terms
                 if (why := job.incompatibility(term.info))]
     if not problems:
         output, target = job.probe()
         try:  # bad parameter values (e.g. gamma=-1) fail here, not halfway through a sweep
             job.bind(loss)(output, target)
         except (ValueError, TypeError, MissingWeightsError) as exc:
-            problems.append(f"--loss {spec}: {exc}")
+            problems.append(f"{flag}: {exc}")
     return loss, problems
 
 
@@ -169,43 +180,79 @@ def make_plan(requests: Sequence[JobRequest], device: str = "cpu", bf16: bool = 
     """
     if bf16 and not device.startswith("cuda"):
         raise UsageError("--bf16 needs --device cuda")
+    _check_size(requests)
     checked, problems = [], []
     for req in requests:
-        job, losses, found = _check_request(req, f"[{req.task}] " if len(requests) > 1 else "")
+        prefix = f"{req.where}: " if req.where else f"[{req.task}] " if len(requests) > 1 else ""
+        job, losses, found = _check_request(req, prefix)
         problems += found
         if job is not None:
             checked.append((req, job, losses))
     if problems:
         raise UsageError("\n".join(problems))
-    runs, data = [], {}
+    runs, origins, data = [], [], {}
     for req, job, losses in checked:
         if job.data_key not in data:  # a data error (e.g. missing files) is a usage error too
             data[job.data_key] = job.load_data().to(device)
         cfg = job.settings(data[job.data_key], Settings(device=device, bf16=bf16)
                            .over(req.settings))
-        runs += [RunSpec(job, loss, seed, cfg) for loss in losses for seed in req.seeds]
+        runs += [RunSpec(job, loss, seed, cfg, tune=req.tune) for loss in losses
+                 for seed in req.seeds]
+        origins += [f"{req.where or job.name}: {loss.spec} seed {seed}"
+                    for loss in losses for seed in req.seeds]
+    _refuse_duplicates(runs, origins)
     return Plan(runs=runs, data=data)
+
+
+MAX_RUNS = 10_000  # runs in one plan
+
+
+def _check_size(requests: Sequence[JobRequest]) -> None:
+    """Refuse a plan too large to be meant, before anything is built for it."""
+    total = sum(max(1, len(set(r.losses))) * len(r.seeds) for r in requests)
+    if total > MAX_RUNS:
+        raise UsageError(f"the plan has {total:,} runs (jobs x losses x seeds; at most "
+                         f"{MAX_RUNS:,}): list fewer, or split it into several suites")
+
+
+def _refuse_duplicates(runs: Sequence[RunSpec], origins: Sequence[str]) -> None:
+    """Two entries planning one run (the same run key: job, options, settings, loss and
+    seed) would train it twice and write it twice: refused, naming both."""
+    first: dict[str, str] = {}
+    clashes = []
+    for spec, origin in zip(runs, origins, strict=True):
+        if spec.key in first:
+            clashes.append(f"{origin} is the same run as {first[spec.key]}")
+        else:
+            first[spec.key] = origin
+    if clashes:
+        more = f"\n... and {len(clashes) - 10} more" if len(clashes) > 10 else ""
+        raise UsageError("duplicate runs (same job, options, settings, loss and seed; remove "
+                         "one of each pair):\n" + "\n".join(clashes[:10]) + more)
 
 
 # --------------------------------------------------------------------------- results
 
 
-def result_of(spec: RunSpec, data: JobData, out: RunOutcome, together: int = 1) -> RunResult:
-    """A finished run as its runs.csv row."""
+def result_of(spec: RunSpec, data: JobData, out: RunOutcome, together: int = 1,
+              rung: int | None = None) -> RunResult:
+    """A finished run as its runs.csv row: validation numbers from the eval curve, test
+    numbers from the one test evaluation."""
     job, name = spec.job, spec.job.primary_metric
     later = out.evals[1:] or out.evals  # "best" is over the evals after step 0
     finals = later[-1][1] if later else {}
-    best = {k: best_value([m[k] for _, m in later], job.maximizes(k)) for k in finals}
-    reached = steps_to_target([(s, m[name]) for s, m in out.evals], job.task.target,
-                              job.maximize)
+    val_curve = [(s, m[name]) for s, m in out.evals]
+    reached = steps_to_target(val_curve, job.task.target, job.maximize)
     cfg = spec.cfg
     return RunResult(
         run_key=spec.key, job=job.name, job_options=job.options_json, loss=spec.loss.spec,
         loss_key=spec.loss.key, seed=spec.seed, device=cfg.device, status=out.status,
         error=out.error, primary_metric=name, maximize=job.maximize,
-        primary_best=best.get(name, math.nan), primary_final=finals.get(name, math.nan),
+        val_best=best_value([m[name] for _, m in later], job.maximize) if later else math.nan,
+        val_final=finals.get(name, math.nan), test_final=out.test.get(name, math.nan),
+        selection=cfg.select, selected_step=out.selected_step,
         target=job.task.target, steps_to_target=reached if out.status == "ok" else None,
-        curve_auc=curve_auc([(s, m[name]) for s, m in out.evals], cfg.steps),
+        curve_auc=curve_auc(val_curve, cfg.steps),
         final_train_loss=out.train_loss[-1][1] if out.train_loss else math.nan,
         steps=cfg.steps, eval_every=cfg.eval_every, epochs=cfg.epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
@@ -213,14 +260,17 @@ def result_of(spec: RunSpec, data: JobData, out: RunOutcome, together: int = 1) 
         train_seconds=round(out.train_seconds, 4),
         samples_per_s=out.timed_samples / out.train_seconds if out.train_seconds else math.nan,
         loss_ms_per_step=out.loss_ms_per_step, peak_mem_mb=round(out.peak_mem_mb, 1),
-        seeds_together=together, final_metrics=finals, best_metrics=best,
+        seeds_together=together, phase=spec.phase, trial=spec.trial, rung=rung,
+        tuned=spec.tuned, val_metrics=finals,
+        test_metrics=out.test,
         data_source=data.source, versions=versions(),
         finished_at=datetime.now(timezone.utc).isoformat())
 
 
 def history_of(out: RunOutcome) -> list[tuple[int, str, str, float]]:
     rows = [(s, "train", "loss", v) for s, v in out.train_loss]
-    rows += [(s, "test", k, v) for s, m in out.evals for k, v in m.items()]
+    rows += [(s, "val", k, v) for s, m in out.evals for k, v in m.items()]
+    rows += [(out.selected_step, "test", k, v) for k, v in out.test.items()]
     return sorted(rows, key=lambda r: r[0])
 
 
@@ -284,7 +334,7 @@ def execute(plan: Plan, store: ResultStore, *, runs: Sequence[RunSpec] | None = 
     done = store.finished_keys()
     todo = [r for r in (plan.runs if runs is None else runs) if r.key not in done]
     if workers > 1 and len(todo) > 1:
-        _execute_pool(todo, store, workers, plugins, progress)
+        _execute_pool(plan, todo, store, workers, plugins, progress)
         return
     for group in _seed_groups(todo):
         _run_group(plan, group, store, vectorise, progress)
@@ -308,27 +358,204 @@ def run_spec(spec: RunSpec) -> tuple[RunResult, list]:
     return result_of(spec, data, out), history_of(out)
 
 
-def _execute_pool(todo: list[RunSpec], store: ResultStore, workers: int,
-                  plugins: Sequence[str], progress: Progress) -> None:
-    """A pool of worker processes, CPU threads divided among them; this process writes."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+class _Worker:
+    """One worker process, its pipe, and the run it is training (``spec``; None: idle)."""
 
+    def __init__(self, ctx: Any, threads: int, plugins: tuple[str, ...]):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, daemon=True,
+                                args=(child, threads, plugins, os.getpid()))
+        self.proc.start()
+        child.close()
+        self.spec: RunSpec | None = None
+
+    def give(self, spec: RunSpec) -> None:
+        self.spec = spec
+        try:
+            self.conn.send(spec)
+        except OSError:  # it died while idle: reply() reports it
+            pass
+
+    def reply(self) -> tuple[str, Any] | None:
+        """``("ok", (row, history))``, ``("error", why)`` when the run raised, ``("died",
+        why)`` when the process died, or None while it trains."""
+        try:
+            if self.conn.poll():
+                return self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        else:
+            if self.proc.is_alive():
+                return None
+        self.proc.join(5)
+        code = self.proc.exitcode
+        how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else \
+            f"exit code {code}"
+        return "died", f"the worker process died ({how}) while training this run"
+
+    def stop(self) -> None:
+        self.conn.close()
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this process when its parent dies, even by kill -9
+    (PR_SET_PDEATHSIG); elsewhere the parent's closed pipe ends it after its current run."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(conn: Any, threads: int, plugins: tuple[str, ...], parent: int) -> None:
+    """A pool worker: trains each run it is sent and replies, until its pipe closes."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    try:
+        _init_worker(threads, plugins)
+        broken = ""
+    except Exception as exc:  # the parent loaded the same plugins: reported per run
+        broken = f"worker start-up failed: {type(exc).__name__}: {exc}"
+    while True:
+        try:
+            spec = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = ("error", broken) if broken else ("ok", run_spec(spec))
+        except Exception as exc:
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+
+
+def _execute_pool(plan: Plan, todo: list[RunSpec], store: ResultStore, workers: int,
+                  plugins: Sequence[str], progress: Progress) -> None:
+    """Worker processes (spawned; CPU threads divided among them) train one run each at a
+    time; this process writes every row. A worker that dies (killed, out of memory) makes
+    its run an ``error`` row, which a resume retries, and is replaced: the sweep goes on.
+    Workers die with this process, and are killed when it stops (Ctrl-C, a write error)."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads, tuple(plugins))) as pool:
-        pending, queue = {}, list(todo)
-        while queue or pending:
-            while queue and len(pending) < workers:
-                spec = queue.pop(0)
-                progress.start(spec)
-                pending[pool.submit(run_spec, spec)] = spec
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                spec = pending.pop(fut)
-                result, history = fut.result()
-                store.append(result, history)
-                progress.done(spec, result)
+    queue = list(todo)
+    pool = [_Worker(ctx, threads, tuple(plugins)) for _ in range(min(workers, len(todo)))]
+    try:
+        while queue or any(w.spec for w in pool):
+            for w in pool:
+                if w.spec is None and queue:
+                    progress.start(queue[0])
+                    w.give(queue.pop(0))
+            busy = [w for w in pool if w.spec is not None]
+            wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
+            for i, w in enumerate(pool):
+                reply = w.reply() if w.spec is not None else None
+                if reply is None:
+                    continue
+                _pool_result(plan, store, progress, w.spec, reply)
+                w.spec = None
+                if reply[0] == "died":
+                    w.stop()
+                    pool[i] = _Worker(ctx, threads, tuple(plugins))
+    finally:
+        for w in pool:
+            w.stop()
+
+
+def _pool_result(plan: Plan, store: ResultStore, progress: Progress, spec: RunSpec,
+                 reply: tuple[str, Any]) -> None:
+    """Write a worker's reply: its row and history, or an ``error`` row saying why."""
+    kind, value = reply
+    if kind == "ok":
+        result, history = value
+    else:
+        out = RunOutcome(status="error", error=value)
+        result, history = result_of(spec, plan.data[spec.job.data_key], out), []
+    store.append(result, history)
+    progress.done(spec, result)
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def tune_plan(plan: Plan, store: ResultStore, progress: Progress | None = None) -> Plan:
+    """The plan with each tuned (variant, loss) replaced by its winner's final runs, after
+    running (or replaying from ``store``) its trials; see ``losscli.tuning``."""
+    from dataclasses import replace
+
+    from losscli import tuning
+    from losscli.results import read_history
+
+    progress = progress or _Silent()
+    stored = read_runs(store.root).set_index("run_key")
+    history = read_history(store.root)
+    budgets = _trial_budgets(plan)
+    runs = []
+    for group in _seed_groups(plan.runs):
+        first = group[0]
+        if first.tune is None:
+            runs += group
+            continue
+        space = first.tune.grid(first.loss, first.cfg.lr)
+        params = tuning.tune_group(
+            space, budgets[_variant_of(first)], first.job.maximize, first.cfg.steps,
+            lambda n, p, ask, first=first: _trial(plan, store, first, n, p, ask, stored,
+                                                  history, progress))
+        loss, cfg = tuning.configure(first.loss, params), tuning.settings_with(first.cfg, params)
+        runs += [replace(s, loss=loss, cfg=cfg, phase="final", tuned=tuning.describe(params))
+                 for s in group]
+    return replace(plan, runs=runs)
+
+
+def _variant_of(spec: RunSpec) -> tuple:
+    return (spec.job.data_key, spec.cfg)
+
+
+def _trial_budgets(plan: Plan) -> dict[tuple, int]:
+    """Trials per loss in each variant: the same for every loss (the largest grid)."""
+    budgets: dict[tuple, int] = {}
+    for r in plan.runs:
+        if r.tune is not None:
+            size = r.tune.trials or math.prod(len(v) for v in
+                                              r.tune.grid(r.loss, r.cfg.lr).values())
+            budgets[_variant_of(r)] = max(budgets.get(_variant_of(r), 0), size)
+    return budgets
+
+
+def _trial(plan, store, first, number, params, ask_prune, stored, history, progress):
+    """One trial: replayed from the store when it finished before, else trained."""
+    from dataclasses import replace
+
+    from losscli import tuning
+
+    spec = replace(first, loss=tuning.configure(first.loss, params),
+                   cfg=tuning.settings_with(first.cfg, params), phase="tune", trial=number,
+                   tuned=tuning.describe(params), tune=None)
+    name = first.job.primary_metric
+    if spec.key in stored.index and stored.loc[spec.key, "status"] != "error":
+        h = history[(history["run_key"] == spec.key) & (history["split"] == "val")
+                    & (history["metric"] == name)].sort_values("step")
+        curve = list(zip(h["step"].astype(int), h["value"].astype(float), strict=True))
+        for step, value in curve[1:]:  # the same pruning questions, in the same order
+            if ask_prune(step, value):
+                break
+        row = stored.loc[spec.key]
+        return tuning.Trial(curve, row["status"], float(row["val_final"]))
+    data = plan.data[first.job.data_key]
+    progress.start(spec)
+    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, progress.step, ask_prune)
+    curve = [(s, m[name]) for s, m in out.evals]
+    result = result_of(spec, data, out, rung=tuning.rung_of(curve, spec.cfg.steps))
+    _write(store, progress, spec, result, out)
+    return tuning.Trial(curve, out.status, result.val_final)
 
 
 # --------------------------------------------------------------------------- the run path
@@ -354,19 +581,34 @@ def run(requests: Sequence[JobRequest], root: Path, *, device: str = "cpu",
     rank, world, device = _distributed(device)
     plan = make_plan(requests, device, bf16)
     store = ResultStore(root, shard=f"rank{rank}" if world > 1 else None)
+    if any(r.tune is not None for r in plan.runs):
+        if world > 1:
+            raise UsageError("tuning runs in one process (use a plain sweep under torchrun)")
+        plan = tune_plan(plan, store)
     mine = shard(plan.runs, rank, world)
-    done = store.finished_keys()
-    if rank == 0:
-        store.write_meta(run_meta(plan, device, world_size=world, workers=workers,
-                                  **(meta or {})))
-    with (progress or _no_progress)(len(mine), sum(r.key in done for r in mine)) as bars:
-        execute(plan, store, runs=mine, workers=workers, plugins=plugins,
-                vectorise=vectorise, progress=bars)
+    with store.locked(), _resumable(store.root):  # one writer per file; Ctrl-C names root
+        done = store.finished_keys()
+        if rank == 0:
+            store.write_meta(run_meta(plan, device, world_size=world, workers=workers,
+                                      **(meta or {})))
+        with (progress or _no_progress)(len(mine), sum(r.key in done for r in mine)) as bars:
+            execute(plan, store, runs=mine, workers=workers, plugins=plugins,
+                    vectorise=vectorise, progress=bars)
     _barrier(world)
     if rank != 0:
         return None
     runs = read_runs(store.root)
     return SweepResult(plan, runs[runs["run_key"].isin(plan.keys())], store.root)
+
+
+@contextmanager
+def _resumable(root: Path) -> Iterator[None]:
+    """An interrupt (Ctrl-C; SIGTERM through the CLI) while runs train becomes
+    ``Interrupted`` naming the run directory, which the same command resumes."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise Interrupted(getattr(exc, "signum", signal.SIGINT), root) from None
 
 
 def run_suite(suite_file: Path, out_dir: Path | None = None, **kwargs: Any

@@ -63,6 +63,9 @@ class StackedTrainer:
     def models(self) -> list[nn.Module]:
         return [_SeedSlice(self, k) for k in range(self.n)]
 
+    def snapshot(self, k: int) -> nn.Module:
+        return _SeedSlice(self, k, frozen=True)
+
     def loss_ms(self) -> list[float]:
         return [loss_ms(m, self.objective, b, self.device)
                 for m, b in zip(self.models(), self.batches, strict=True)]
@@ -71,14 +74,17 @@ class StackedTrainer:
 class _SeedSlice(nn.Module):
     """Seed k of a stacked model, as a module for evaluation."""
 
-    def __init__(self, stacked: StackedTrainer, k: int):
+    def __init__(self, stacked: StackedTrainer, k: int, frozen: bool = False):
         super().__init__()
         self.stacked, self.k = stacked, k
+        # frozen: a copy of seed k's weights now (select = best), else a live view
+        self.frozen = ({n: p[k].detach().clone() for n, p in stacked.params.items()},
+                       {n: b[k].clone() for n, b in stacked.buffers.items()}) if frozen else None
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.stacked
-        params = {n: p[self.k] for n, p in s.params.items()}
-        buffers = {n: b[self.k] for n, b in s.buffers.items()}
+        params, buffers = self.frozen or ({n: p[self.k] for n, p in s.params.items()},
+                                          {n: b[self.k] for n, b in s.buffers.items()})
         return s.functional_call(s.base, (params, buffers), (x,))
 
 

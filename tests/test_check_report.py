@@ -89,9 +89,10 @@ def _runs(values: dict[str, list[float]], metric="rmse", options="{}", steps=100
         for seed, x in enumerate(xs):
             rows.append({"run_key": f"{loss}-{seed}", "job": "mnist", "job_options": options,
                          "loss": loss, "loss_key": loss, "seed": seed, "status": "ok",
-                         "primary_metric": metric, "primary_final": x, "primary_best": x,
+                         "primary_metric": metric, "test_final": x, "val_best": x,
+                         "val_final": x,
                          "steps_to_target": 50.0, "steps": steps, "eval_every": 10,
-                         "versions": "v", "final_metrics": json.dumps({metric: x}),
+                         "versions": "v", "test_metrics": json.dumps({metric: x}),
                          "maximize": metric != "rmse", "optimizer": "adam", "lr": 1e-3,
                          "batch_size": 64, "weight_decay": 0.0, "bf16": False,
                          "device": "cpu", "threads": 1})

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from losscli.engine import run_one
-from losscli.jobs import JobData
+from losscli.jobs import JobData, Split
 from losscli.jobs.classification import MnistJob
 from losscli.losses import create_loss, register_loss
 from losscli.losses import registry as reg
@@ -20,13 +20,14 @@ class BlobsJob(MnistJob):
         centers = torch.randn(10, 8, generator=g) * 4
         y = torch.arange(600) % 10
         x = centers[y] + torch.randn(600, 8, generator=g)
-        return JobData(x[:500], y[:500], x[500:], y[500:], "blobs")
+        return JobData(Split(x[:400], y[:400]), Split(x[400:500], y[400:500]),
+                       Split(x[500:], y[500:]), "blobs")
 
     def build_model(self, data: JobData) -> nn.Module:
         return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
-CFG = Settings(steps=60, batch_size=50, lr=1e-2, eval_every=20, warmup_steps=2).resolve(500, "b")
+CFG = Settings(steps=60, batch_size=50, lr=1e-2, eval_every=20, warmup_steps=2).resolve(400, "b")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_vectorised_seeds_match_sequential_after_50_steps(job_data):
 
     job, data = job_data
     cfg = Settings(steps=50, batch_size=50, lr=1e-2, eval_every=25, warmup_steps=2).resolve(
-        500, "blobs")
+        400, "blobs")
     for spec in ("ce", "focal:gamma=2", "0.5*ce+bce_logits"):
         seq = run_seeds(job, data, create_loss(spec), cfg, [0, 1, 2])
         vec = run_seeds(job, data, create_loss(spec), cfg, [0, 1, 2], vectorised=True)
@@ -191,3 +192,42 @@ def test_loss_timed_once_per_seed_not_per_seed_squared(job_data, monkeypatch, se
                      vectorised=seeds > 1)
     assert all(o.status == "ok" and o.loss_ms_per_step == 1.0 for o in outs)
     assert len(calls) == seeds
+
+
+def test_the_test_split_is_read_once_after_the_last_step(job_data):
+    """Protocol: evals during training score validation; the test split scores the selected
+    model once, after training (no code path reads it earlier)."""
+    job, data = job_data
+    seen = []
+
+    class Watching(BlobsJob):
+        def evaluate(self, model, split, objective):
+            seen.append(("test" if split is data.test else "val" if split is data.val
+                         else "?", steps[-1] if steps else 0))
+            return super().evaluate(model, split, objective)
+
+    steps: list[int] = []
+    out = run_one(Watching(), data, create_loss("ce"), CFG, seed=0, on_step=steps.append)
+    assert [s for s, _ in seen] == ["val"] * 4 + ["test"]
+    assert seen[-1][1] == CFG.steps and out.selected_step == CFG.steps
+    assert out.test["accuracy"] > 0.9 and out.test != out.evals[-1][1]
+
+
+def test_select_best_scores_the_best_validation_checkpoint(job_data, scratch_registry):
+    """With select=best, the test split scores the weights of the best validation eval."""
+    job, data = job_data
+
+    @register_loss("worse_later", family="classification", pred="logits", target="index",
+                   description="learns, then unlearns", reference="test")
+    def worse_later(pred, target, *, reduction="mean"):
+        worse_later.calls += 1
+        sign = 1.0 if worse_later.calls <= 20 else -1.0  # gradient ascent after step 20
+        return sign * torch.nn.functional.cross_entropy(pred, target)
+
+    worse_later.calls = 0
+    cfg = Settings(steps=60, batch_size=50, lr=1e-2, eval_every=20, warmup_steps=2,
+                   select="best").resolve(400, "b")
+    out = run_one(job, data, create_loss("worse_later"), cfg, seed=0)
+    accs = [m["accuracy"] for _, m in out.evals]
+    assert out.selected_step == 20 and accs[1] == max(accs[1:])
+    assert out.test["accuracy"] > 0.8  # the step-20 model, not the unlearned final one

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import losscli.losses.image as image_losses
 from losscli.cli import app
 from losscli.errors import UsageError
-from losscli.jobs import JobData, create_job
+from losscli.jobs import Split, create_job
 from losscli.jobs.denoise import ResidualDenoiser, denoise_metrics
 from losscli.losses import Family, Pred, Target, create_loss, list_losses
 from losscli.sweep import compatible_losses
@@ -43,20 +43,21 @@ def small(**options):
 
 def test_noisy_data_is_fixed_by_the_seed(no_weights):
     a, b = small().load_data(), small().load_data()
-    for name in ("train_x", "train_y", "test_x", "test_y"):
-        assert torch.equal(getattr(a, name), getattr(b, name))
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(a, split).x, getattr(b, split).x)
+        assert torch.equal(getattr(a, split).y, getattr(b, split).y)
     c = small(data_seed=1).load_data()
-    assert not torch.equal(a.test_x, c.test_x)
+    assert not torch.equal(a.test.x, c.test.x)
 
 
 def test_shapes_copies_and_clean_targets(no_weights):
     data = small(noisy_copies=3).load_data()
-    assert data.train_x.shape == data.train_y.shape == (300, 1, 28, 28)
-    assert data.test_x.shape == data.test_y.shape == (50, 1, 28, 28)
-    clean = data.train_y[:100]
-    assert torch.equal(data.train_y[100:200], clean) and torch.equal(data.train_y[200:], clean)
+    assert data.train.x.shape == data.train.y.shape == (300, 1, 28, 28)
+    assert data.test.x.shape == data.test.y.shape == (50, 1, 28, 28)
+    clean = data.train.y[:100]
+    assert torch.equal(data.train.y[100:200], clean) and torch.equal(data.train.y[200:], clean)
     assert clean.min() >= 0 and clean.max() <= 1 and clean.dtype == torch.float32
-    noise = data.train_x - data.train_y
+    noise = data.train.x - data.train.y
     assert not torch.equal(noise[:100], noise[100:200])  # independent copies
     assert noise.std().item() == pytest.approx(0.3, rel=0.02)
     assert noise.min() < -0.5 and noise.max() > 0.5  # not clipped to [0, 1]
@@ -66,15 +67,15 @@ def test_shapes_copies_and_clean_targets(no_weights):
 def test_noisy_input_psnr_is_recorded_and_matches_sigma(sigma, no_weights):
     data = small(sigma=sigma, n_test=200).load_data()
     expected = -20 * math.log10(sigma)  # PSNR of N(0, sigma^2) noise at data range 1
-    assert data.extra["psnr_input"] == pytest.approx(expected, abs=0.15)
-    assert f"PSNR {data.extra['psnr_input']:.2f} dB" in data.source
+    assert data.test.extra["psnr_input"] == pytest.approx(expected, abs=0.15)
+    assert f"PSNR {data.test.extra['psnr_input']:.2f} dB" in data.source
     assert f"sigma {sigma:g}" in data.source and "embedded MNIST" in data.source
 
 
 def test_n_train_subset_is_a_fixed_sample_of_every_class(no_weights):
     data = small(n_train=400, noisy_copies=1).load_data()
     # the embedded file is sorted by class; a random subset mixes them
-    assert len(torch.unique(data.train_y.flatten(1), dim=0)) == 400
+    assert len(torch.unique(data.train.y.flatten(1), dim=0)) == 400
     assert small(n_train=4001).options["n_train"] == 4001
     with pytest.raises(UsageError, match="4000 images"):
         small(n_train=4001).load_data()
@@ -84,7 +85,7 @@ def test_n_train_subset_is_a_fixed_sample_of_every_class(no_weights):
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_dataset(no_weights):
     data = small(dataset="fashion").load_data()
-    assert "fashion" in data.source.lower() and data.test_y.shape == (50, 1, 28, 28)
+    assert "fashion" in data.source.lower() and data.test.y.shape == (50, 1, 28, 28)
 
 
 @pytest.mark.parametrize("options, match", [
@@ -209,11 +210,10 @@ def test_evaluate_reports_the_gain_over_the_noisy_input(no_weights):
     job = small()
     data = job.load_data()
     assert job.metrics == ("psnr", "ssim", "psnr_gain")
-    m = job.evaluate(nn.Identity(), data, None)  # "denoiser" that returns its (noisy) input
-    assert m["psnr"] == pytest.approx(data.extra["psnr_input"], abs=1e-4)
+    m = job.evaluate(nn.Identity(), data.test, None)  # "denoiser" that returns its (noisy) input
+    assert m["psnr"] == pytest.approx(data.test.extra["psnr_input"], abs=1e-4)
     assert m["psnr_gain"] == pytest.approx(0.0, abs=1e-4)
-    perfect = JobData(data.train_x, data.train_y, data.test_y + 0.01, data.test_y, "t",
-                      dict(data.extra))
+    perfect = Split(data.test.y + 0.01, data.test.y, dict(data.test.extra))
     m = job.evaluate(nn.Identity(), perfect, None)
     assert m["psnr"] == pytest.approx(40.0, abs=1e-3) and m["psnr_gain"] > 25
 
@@ -233,10 +233,9 @@ def test_lpips_metric_appears_when_its_weights_are_cached(tmp_path, monkeypatch)
         job = small(n_test=20, lpips=True)
         assert job.metrics[-1] == "lpips"
         data = job.load_data()
-        m = job.evaluate(nn.Identity(), data, None)
+        m = job.evaluate(nn.Identity(), data.test, None)
         assert m["lpips"] > 0 and math.isfinite(m["lpips"])
-        clean = JobData(data.train_x, data.train_y, data.test_y, data.test_y, "t",
-                        dict(data.extra))
+        clean = Split(data.test.y, data.test.y, dict(data.test.extra))
         assert job.evaluate(nn.Identity(), clean, None)["lpips"] == pytest.approx(0.0, abs=1e-6)
     finally:
         image_losses.clear_network_cache()

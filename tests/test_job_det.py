@@ -118,9 +118,9 @@ def test_data_dir_reads_a_voc_folder_through_the_same_reader(tiny_root):
     job = create_job("det", data_dir=str(tiny_root), classes="zero,two,four,seven",
                      max_images=10)
     data = job.load_data()
-    assert data.n_train == 10 and data.test_x.shape[0] == 6  # the val split has 6
+    assert data.n_train == 10 and data.test.x.shape[0] == 6  # the val split has 6
     assert data.source.startswith(f"VOC2007 at {tiny_root}")
-    assert data.train_y.shape == (10, 336, 5) and len(data.extra["boxes"]) == 6
+    assert data.train.y.shape == (10, 336, 5) and len(data.test.extra["boxes"]) == 6
     with pytest.raises(UsageError, match="no VOC2012"):
         create_job("det", data_dir=str(tiny_root), year="2012").load_data()
     with pytest.raises(UsageError, match="no training object of class cat"):
@@ -294,9 +294,9 @@ def test_map_of_a_perfect_and_a_wrong_detector(monkeypatch, tmp_path, sigmoid):
     data = job.load_data()
     objective = job.bind(create_loss("sigmoid_focal+giou" if sigmoid else "ssd"))
     assert objective.scores == ("sigmoid" if sigmoid else "softmax")
-    perfect = job.evaluate(_Oracle(data.test_y, job.num_classes), data, objective)
+    perfect = job.evaluate(_Oracle(data.test.y, job.num_classes), data.test, objective)
     assert perfect["map50"] == pytest.approx(1.0) and perfect["map"] > 0.95
-    wrong = job.evaluate(_Oracle(data.test_y, job.num_classes, wrong_class=True), data,
+    wrong = job.evaluate(_Oracle(data.test.y, job.num_classes, wrong_class=True), data.test,
                          objective)
     assert wrong["map50"] == 0.0 and wrong["map"] == 0.0
 

@@ -37,8 +37,8 @@ def test_subsample_keeps_all_negatives_and_the_ratio():
 
 def test_default_data_has_the_same_prior_in_train_and_test(default_data):
     job, d = default_data
-    assert d.train_x.shape[1:] == (1, 28, 28) and d.train_y.dtype == torch.float32
-    for y in (d.train_y, d.test_y):
+    assert d.train.x.shape[1:] == (1, 28, 28) and d.train.y.dtype == torch.float32
+    for y in (d.train.y, d.test.y):
         pos, neg = int(y.sum()), int((y == 0).sum())
         assert set(y.unique().tolist()) == {0.0, 1.0}
         assert neg == 2250 and pos == 45  # the embedded 5k re-split 50/50, at 1:50
@@ -48,10 +48,10 @@ def test_default_data_has_the_same_prior_in_train_and_test(default_data):
 
 def test_digit_and_ratio_knobs():
     d = create_job("imbalanced", digit=1, pos_ratio=0.1).load_data()
-    assert int(d.test_y.sum()) == 225 and "digit 1" in d.source
-    ones = d.test_x[d.test_y == 1].mean(0)
+    assert int(d.test.y.sum()) == 225 and "digit 1" in d.source
+    ones = d.test.x[d.test.y == 1].mean(0)
     eights = create_job("imbalanced").load_data()
-    assert not torch.allclose(ones, eights.test_x[eights.test_y == 1].mean(0))
+    assert not torch.allclose(ones, eights.test.x[eights.test.y == 1].mean(0))
 
 
 @pytest.mark.parametrize("options, message", [({"digit": 10}, "digit"),
@@ -119,7 +119,7 @@ def test_evaluate_uses_the_logit_column(default_data):
             self.pos += x.shape[0]
             return out.unsqueeze(1)
 
-    m = job.evaluate(Oracle(d.test_y * 4 - 2), d, None)
+    m = job.evaluate(Oracle(d.test.y * 4 - 2), d.test, None)
     assert m["auprc"] == pytest.approx(1) and m["balanced_accuracy"] == pytest.approx(1)
 
 

@@ -197,12 +197,12 @@ class _Fixed(nn.Module):
 def test_metrics_on_known_inputs():
     job = create_job("reg")
     data = job.load_data()
-    y = data.test_y
-    exact = job.evaluate(_Fixed(y.clone()), data, None)
+    y = data.test.y
+    exact = job.evaluate(_Fixed(y.clone()), data.test, None)
     assert exact["rmse"] == pytest.approx(0, abs=1e-6) and exact["r2"] == pytest.approx(1)
-    off = job.evaluate(_Fixed(y + 0.5), data, None)
+    off = job.evaluate(_Fixed(y + 0.5), data.test, None)
     assert off["rmse"] == pytest.approx(0.5, rel=1e-5) and off["mae"] == pytest.approx(0.5)
-    mean = job.evaluate(_Fixed(torch.full_like(y, y.mean().item())), data, None)
+    mean = job.evaluate(_Fixed(torch.full_like(y, y.mean().item())), data.test, None)
     assert mean["r2"] == pytest.approx(0, abs=1e-5)
     assert mean["rmse"] == pytest.approx(y.std(unbiased=False).item(), rel=1e-4)
 

@@ -13,7 +13,7 @@ from losscli.cli import app
 from losscli.data import synthetic_segmentation as synth
 from losscli.data.synthetic_segmentation import SHAPE_CLASSES, make_segmentation
 from losscli.errors import UsageError
-from losscli.jobs import JobData, create_job
+from losscli.jobs import Split, create_job
 from losscli.jobs.segmentation import SmallUNet, segmentation_metrics
 from losscli.losses import Family, Pred, Target, create_loss, list_losses
 from losscli.sweep import compatible_losses
@@ -125,21 +125,21 @@ def test_noise_given_as_text_on_the_command_line_is_a_number():
 def test_load_data_uses_the_knobs_and_a_separate_test_stream():
     job = create_job("segmentation", image_size=16, n_train=40, n_test=20, num_classes=2)
     data = job.load_data()
-    assert data.train_x.shape == (40, 1, 16, 16) and data.test_y.shape == (20, 16, 16)
-    assert int(data.train_y.max()) <= 2 and "circle, square" in data.source
+    assert data.train.x.shape == (40, 1, 16, 16) and data.test.y.shape == (20, 16, 16)
+    assert int(data.train.y.max()) <= 2 and "circle, square" in data.source
     bigger = create_job("seg", image_size=16, n_train=80, n_test=20, num_classes=2).load_data()
-    assert torch.equal(bigger.test_x, data.test_x)  # n_train does not move the test set
+    assert torch.equal(bigger.test.x, data.test.x)  # n_train does not move the test set
     other = create_job("seg", image_size=16, n_train=40, n_test=20, num_classes=2,
                        data_seed=1).load_data()
-    assert not torch.equal(other.test_y, data.test_y)
+    assert not torch.equal(other.test.y, data.test.y)
 
 
 def test_binary_variant_masks_and_families():
     job = create_job("seg", binary=True, image_size=16, n_train=30, n_test=10)
     data = job.load_data()
-    assert set(data.train_y.unique().tolist()) == {0, 1}
-    assert isinstance(job.build_model(data)(data.test_x[:2]), torch.Tensor)
-    assert job.build_model(data)(data.test_x[:2]).shape == (2, 1, 16, 16)
+    assert set(data.train.y.unique().tolist()) == {0, 1}
+    assert isinstance(job.build_model(data)(data.test.x[:2]), torch.Tensor)
+    assert job.build_model(data)(data.test.x[:2]).shape == (2, 1, 16, 16)
     names = compatible_losses(job)
     assert "bce_logits" in names and "dice" in names and "lovasz" in names
     assert "ce" not in names and "focal" not in names
@@ -225,13 +225,11 @@ def test_evaluate_scores_a_perfect_and_a_wrong_model():
     job = create_job("seg", num_classes=2, image_size=16)
     y = make_segmentation(10, image_size=16, num_classes=2).masks
     onehot = F.one_hot(y, 3).permute(0, 3, 1, 2).float()
-    data = JobData(onehot, y, onehot, y, "test")
     perfect = {"miou": 1.0, "dice": 1.0, "pixel_acc": 1.0}
-    assert job.evaluate(_OneHotToLogits(), data, None) == perfect
+    assert job.evaluate(_OneHotToLogits(), Split(onehot, y), None) == perfect
     background = torch.zeros_like(onehot)
     background[:, 0] = 1
-    data = JobData(background, y, background, y, "test")
-    m = job.evaluate(_OneHotToLogits(), data, None)
+    m = job.evaluate(_OneHotToLogits(), Split(background, y), None)
     fg = (y > 0).float().mean().item()
     assert m["pixel_acc"] == pytest.approx(1 - fg) and m["dice"] == 0.0
     assert m["miou"] == pytest.approx((1 - fg) / 3)  # only background has an IoU above 0

@@ -73,14 +73,15 @@ def test_a_run_row_reads_best_final_target_and_auc_from_its_eval_curve():
     out = RunOutcome(status="ok", evals=[(10 * i, {"accuracy": a, "f1_macro": a,
                                                    "ece": 0.5 - a / 2, "nll": 1 - a})
                                          for i, a in enumerate(accuracy)],
-                     train_loss=[(10, 1.0), (40, 0.2)], train_seconds=2.0, timed_samples=400)
+                     train_loss=[(10, 1.0), (40, 0.2)], train_seconds=2.0, timed_samples=400,
+                     test={"accuracy": 0.955, "f1_macro": 0.95, "ece": 0.02, "nll": 0.1},
+                     selected_step=40)
     row = result_of(_spec("mnist"), _Data(), out)
-    assert row.primary_final == 0.97 and row.primary_best == 0.97
+    assert row.val_final == 0.97 and row.val_best == 0.97 and row.test_final == 0.955
+    assert row.test_metrics["ece"] == 0.02 and row.selection == "final"
     assert row.steps_to_target == 20
     assert row.curve_auc == pytest.approx(curve_auc(list(zip(range(0, 50, 10), accuracy,
                                                              strict=True)), 40))
-    assert row.best_metrics["ece"] == pytest.approx(0.5 - 0.97 / 2)  # lower is better
-    assert row.best_metrics["nll"] == pytest.approx(1 - 0.97)
     assert row.final_train_loss == 0.2 and row.samples_per_s == 200.0
     assert row.maximize is True
 
@@ -90,8 +91,7 @@ def test_best_of_a_lower_is_better_metric_is_its_minimum_and_excludes_step_0():
     out = RunOutcome(status="ok", evals=[(10 * i, {"rmse": v, "mae": v, "r2": -v})
                                          for i, v in enumerate(rmse)])
     row = result_of(_spec("reg"), _Data(), out)
-    assert row.primary_best == 0.6 and row.primary_final == 0.7
-    assert row.best_metrics["r2"] == pytest.approx(-0.6)  # higher is better
+    assert row.val_best == 0.6 and row.val_final == 0.7
     assert row.steps_to_target == 0 and row.maximize is False  # the curve starts at step 0
 
 
@@ -106,13 +106,14 @@ def _runs(values: dict[str, list[float]], metric: str = "accuracy", maximize: bo
             rows.append({
                 "run_key": f"{loss}-{seed}-{lr}", "job": "mnist", "job_options": "{}",
                 "loss": loss, "loss_key": loss, "seed": seed, "status": "ok",
-                "primary_metric": metric, "maximize": maximize, "primary_final": x,
-                "primary_best": x + 0.01, "steps_to_target": 10.0 * (seed + 1),
+                "primary_metric": metric, "maximize": maximize, "test_final": x,
+                "val_final": x - 0.01, "val_best": x + 0.01,
+                "steps_to_target": 10.0 * (seed + 1),
                 "curve_auc": x / 2, "final_train_loss": 0.1, "train_seconds": 1.0,
                 "samples_per_s": 100.0, "loss_ms_per_step": 0.1, "steps": steps,
                 "eval_every": 10, "optimizer": "adam", "lr": lr, "batch_size": 64,
                 "weight_decay": 0.0, "bf16": False, "device": "cpu", "threads": 1,
-                "versions": "v", "final_metrics": json.dumps({metric: x})})
+                "versions": "v", "test_metrics": json.dumps({metric: x})})
     return pd.DataFrame(rows)
 
 

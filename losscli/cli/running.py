@@ -66,7 +66,8 @@ class RunProgress:
         self.progress.console.print(
             f"[{colour}]{result.status:>8}[/] " + escape(
                 f"{spec.job.name} {spec.loss.spec} seed {spec.seed}: {result.primary_metric} "
-                f"{result.primary_final:.4f}, {result.train_seconds:.1f} s"), highlight=False)
+                f"val {result.val_final:.4f}, test {result.test_final:.4f}, "
+                f"{result.train_seconds:.1f} s"), highlight=False)
 
 
 def progress_factory(quiet: bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,16 @@ from losscli.cli.common import (
 )
 
 BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
+TUNE_HELP = (
+    "Tune every loss equally on the validation split first (repeatable): 'lr' (7 rates "
+    "over 3 decades around the job's), 'lr=[1e-4,1e-3]', 'focal:gamma=[0.5,1,2,5]', "
+    "'trials=N'. Successive halving (Optuna); the winner trains --seeds fresh seeds.")
+
+
+class Select(str, Enum):
+    final = "final"
+    best = "best"
+
 JOB_OPTIONS_HELP = (
     "Job options: every option of the job is a flag too, `--NAME VALUE` (`--fg-fraction 0.05`, "
     "`--binary`, `--csv t.csv --target y`), or `--opt NAME=VALUE`. `losscli list tasks JOB` "
@@ -38,8 +49,9 @@ def train(
     loss: Annotated[list[str] | None, typer.Option(
         "--loss", "-l", help="Loss spec, repeatable: 'ce', 'focal:gamma=2', 'dice+0.5*ce'. "
         "Default: the job's default set.")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="Seeds per loss (first..first+N-1).")] = 1,
-    first_seed: Annotated[int, typer.Option(min=0, help="The first seed.")] = 0,
+    seeds: Annotated[int, typer.Option(min=1, max=1000,  # losscli.suite.MAX_SEEDS
+                                       help="Seeds per loss (first..first+N-1).")] = 1,
+    first_seed: Annotated[int, typer.Option(min=0, max=2**31, help="The first seed.")] = 0,
     epochs: Annotated[float | None, typer.Option(min=0.001, help="Epochs.",
                                                  rich_help_panel=BUDGET)] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (wins over "
@@ -57,6 +69,10 @@ def train(
     bf16: Bf16Opt = False,
     opt: Annotated[list[str] | None, typer.Option(
         "--opt", help="A job option as NAME=VALUE (repeatable).")] = None,
+    tune: Annotated[list[str] | None, typer.Option(help=TUNE_HELP)] = None,
+    select: Annotated[Select, typer.Option(help="The model the test split scores: the "
+                                           "final one, or the best on validation.")] =
+        Select.final,
     vectorise: VectoriseOpt = Vectorise.auto,
     plugin: PluginOpt = None,
     out_dir: Annotated[Path | None, typer.Option(
@@ -71,25 +87,34 @@ def train(
     seeds, ranked by the job's primary metric) goes to stdout."""
     from losscli.cli.common import cli_device
     from losscli.cli.running import progress_factory, render_summary, report_errors
-    from losscli.jobs import job_class
     from losscli.settings import Settings
-    from losscli.suite import JobRequest
     from losscli.sweep import load_plugins, run
 
     settings = Settings(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
-                        optimizer=optimizer, weight_decay=weight_decay,
-                        eval_every=eval_every).check("train")
-    plugins, cls = load_plugins(plugin or []), job_class(task)
-    options = {**job_flags(ctx.args, cls, ctx), **key_values(opt or [])}
-    request = JobRequest(task=task, losses=tuple(loss or ()), settings=settings,
-                         seeds=tuple(range(first_seed, first_seed + seeds)), options=options)
+                        optimizer=optimizer, weight_decay=weight_decay, eval_every=eval_every,
+                        select=select.value).check("train")
+    plugins = load_plugins(plugin or [])
+    request = _request(ctx, task, loss, range(first_seed, first_seed + seeds), settings,
+                       opt, tune)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    result = run([request], out_dir or Path("results") / "runs" / f"{stamp}-{cls.name}",
+    result = run([request], out_dir or Path("results") / "runs" / f"{stamp}-{task}",
                  device=cli_device(device), bf16=bf16, plugins=plugins,
                  vectorise=vectorise.value, progress=progress_factory(quiet))
     render_summary(result, fmt)
     if report_errors(result.runs):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _request(ctx: typer.Context, task: str, losses, seeds, settings, opt, tune):
+    """The one job of a ``train`` plan: its options from the job's own flags and --opt."""
+    from losscli.jobs import job_class
+    from losscli.suite import JobRequest
+    from losscli.tuning import parse_tune
+
+    cls = job_class(task)
+    options = {**job_flags(ctx.args, cls, ctx), **key_values(opt or [])}
+    return JobRequest(task=cls.name, losses=tuple(losses or ()), settings=settings,
+                      seeds=tuple(seeds), options=options, tune=parse_tune(tune or []))
 
 
 def job_flags(tokens: list[str], cls, ctx: typer.Context) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from losscli.errors import UnknownNameError
-from losscli.jobs.base import Job, JobData, Objective, TaskFile, load_task_file
+from losscli.jobs.base import Job, JobData, Objective, Split, TaskFile, load_task_file
 from losscli.jobs.classification import FashionJob, MnistJob
 from losscli.jobs.denoise import DenoiseJob
 from losscli.jobs.detection import DetectionJob
@@ -13,7 +13,7 @@ from losscli.jobs.imbalanced import ImbalancedJob
 from losscli.jobs.regression import RegressionJob
 from losscli.jobs.segmentation import SegmentationJob
 
-__all__ = ["Job", "JobData", "Objective", "TaskFile", "create_job", "job_class", "job_names",
+__all__ = ["Job", "JobData", "Objective", "Split", "TaskFile", "create_job", "job_class", "job_names",
            "list_jobs",
            "load_task_file", "resolve_job_name"]
 

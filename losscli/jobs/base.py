@@ -21,7 +21,8 @@ from losscli.losses import Family, Loss, LossInfo, Pred, Target
 from losscli.options import Option, validate_options
 from losscli.settings import Settings, layered
 
-__all__ = ["Job", "JobData", "Objective", "Option", "TaskFile", "eval_chunks", "load_task_file"]
+__all__ = ["Job", "JobData", "Objective", "Option", "Split", "TaskFile", "eval_chunks",
+           "hold_out", "load_task_file"]
 
 
 def eval_chunks(x: Tensor) -> tuple[Tensor, ...]:
@@ -58,24 +59,65 @@ def load_task_file(name: str) -> TaskFile:
 
 
 @dataclass
-class JobData:
-    """Tensors of one job's data (on one device) and a line saying where they came from."""
+class Split:
+    """One split's inputs, targets and what its metrics need besides (e.g. boxes)."""
 
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    source: str
+    x: Tensor
+    y: Tensor
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True),
+                     dict(self.extra))
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def subset(self, idx: Tensor) -> Split:
+        """Rows ``idx`` (a split whose ``extra`` is per-row must subset it itself)."""
+        return Split(self.x[idx], self.y[idx], dict(self.extra))
+
+
+@dataclass
+class JobData:
+    """One job's train / validation / test splits (on one device) and a line saying where
+    they came from. Training reads ``train``; every eval during training reads ``val``;
+    ``test`` is read once per run, at the end (see the README's protocol)."""
+
+    train: Split
+    val: Split
+    test: Split
+    source: str
+
     def to(self, device: torch.device | str) -> JobData:
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return JobData(move(self.train_x), move(self.train_y), move(self.test_x),
-                       move(self.test_y), self.source, dict(self.extra))
+        return JobData(self.train.to(device), self.val.to(device), self.test.to(device),
+                       self.source)
 
     @property
     def n_train(self) -> int:
-        return self.train_x.shape[0]
+        return len(self.train)
+
+    def sizes(self) -> str:
+        return f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test"
+
+
+def hold_out(n: int, n_val: int, seed: int, labels: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
+    """Seeded (train, validation) indices of ``range(n)``, both sorted; with ``labels``,
+    stratified: each class gives its share of ``n_val`` (rounded)."""
+    gen = torch.Generator().manual_seed(seed)
+    if labels is None:
+        perm = torch.randperm(n, generator=gen)
+        return perm[n_val:].sort().values, perm[:n_val].sort().values
+    val = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().squeeze(1)
+        k = round(n_val * len(members) / n)
+        val.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    val_idx = torch.cat(val).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val_idx] = False
+    return keep.nonzero().squeeze(1), val_idx
 
 
 @dataclass(frozen=True)
@@ -163,9 +205,9 @@ class Job(ABC):
     def adapt_target(self, target: Tensor, kind: Target, output: Tensor) -> Tensor: ...
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+    def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
-        """Metrics on the test split: one host sync per call, not per batch."""
+        """Metrics of ``model`` on ``split``: one host sync per call, not per batch."""
 
     @abstractmethod
     def probe(self) -> tuple[Tensor, Tensor]:

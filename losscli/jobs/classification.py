@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_fashion, load_mnist
-from losscli.jobs.base import Job, JobData, Objective, Option, eval_chunks
+from losscli.jobs.base import Job, JobData, Objective, Option, Split, eval_chunks, hold_out
 from losscli.losses import Family, Pred, Target
 
 __all__ = ["DATA_OPTIONS", "FashionJob", "MnistJob", "SmallCNN"]
@@ -52,7 +52,6 @@ class _ClassificationJob(Job):
     families = frozenset({Family.CLASSIFICATION, Family.BINARY})
     preds = frozenset({Pred.LOGITS, Pred.LOG_PROBS, Pred.PROBS})
     targets = frozenset({Target.INDEX, Target.BINARY})
-    option_specs = DATA_OPTIONS
     mean_std: tuple[float, float]
 
     def _raw(self) -> RawSplit:
@@ -65,8 +64,14 @@ class _ClassificationJob(Job):
         def prep(images: Tensor) -> Tensor:
             return ((images.float() / 255.0 - mean) / std).unsqueeze(1).contiguous()
 
-        return JobData(prep(raw.train_images), raw.train_labels, prep(raw.test_images),
-                       raw.test_labels, raw.source)
+        # validation: a fixed stratified share of the training split (split seed 0); the
+        # test split is the dataset's own, untouched
+        train = Split(prep(raw.train_images), raw.train_labels)
+        tr, va = hold_out(len(train), self.option("val_size"), 0, raw.train_labels)
+        data = JobData(train.subset(tr), train.subset(va),
+                       Split(prep(raw.test_images), raw.test_labels), raw.source)
+        data.source += f"; {data.sizes()}"
+        return data
 
     def build_model(self, data: JobData) -> nn.Module:
         return SmallCNN(num_classes=self.num_classes)
@@ -84,7 +89,7 @@ class _ClassificationJob(Job):
         return target
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+    def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
         from torchmetrics.functional.classification import (
             multiclass_accuracy,
@@ -92,8 +97,8 @@ class _ClassificationJob(Job):
             multiclass_f1_score,
         )
 
-        logits = torch.cat([model(x).float() for x in eval_chunks(data.test_x)])
-        y, k = data.test_y, self.num_classes
+        logits = torch.cat([model(x).float() for x in eval_chunks(split.x)])
+        y, k = split.y, self.num_classes
         values = torch.stack([
             multiclass_accuracy(logits, y, num_classes=k, average="micro"),
             multiclass_f1_score(logits, y, num_classes=k, average="macro"),
@@ -109,8 +114,11 @@ class _ClassificationJob(Job):
 
 class MnistJob(_ClassificationJob):
     name = "mnist"
-    description = "MNIST digits; offline default: the embedded real 5k subset (4k/1k)"
+    description = ("MNIST digits; offline default: the embedded real 5k subset (3,500 train / "
+                   "500 val / 1,000 test)")
     mean_std = (0.1307, 0.3081)
+    option_specs = (*DATA_OPTIONS, Option("val_size", int, 500, "validation images held out "
+                                          "of the training split, stratified", low=1))
 
     def _raw(self) -> RawSplit:
         data_dir = self.option("data_dir")
@@ -120,8 +128,11 @@ class MnistJob(_ClassificationJob):
 class FashionJob(_ClassificationJob):
     name = "fashion"
     aliases = ("fashion_mnist", "fashion-mnist")
-    description = "Fashion-MNIST 60k/10k; offline: Debian's dataset-fashion-mnist"
+    description = ("Fashion-MNIST 55k train / 5k val / 10k test; offline: Debian's "
+                   "dataset-fashion-mnist")
     mean_std = (0.2860, 0.3530)
+    option_specs = (*DATA_OPTIONS, Option("val_size", int, 5000, "validation images held "
+                                          "out of the training split, stratified", low=1))
 
     def _raw(self) -> RawSplit:
         data_dir = self.option("data_dir")

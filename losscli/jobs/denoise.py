@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_fashion, load_mnist
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData, Objective, Option
+from losscli.jobs.base import Job, JobData, Objective, Option, Split
 from losscli.jobs.classification import DATA_OPTIONS
 from losscli.losses import Family, Loss, Pred, Target
 
@@ -55,6 +55,7 @@ _DATASETS = ("mnist", "fashion")
 _SSIM_WIN = 11  # torchmetrics derives it from sigma 1.5 (int(3.5 * 1.5 + 0.5) * 2 + 1)
 _LPIPS_NET = "squeeze"  # the LPIPS trunk for the metric; alex needs >= 31 px
 _TEST_STREAM = 1_000_003  # the test noise's generator seed is data_seed + this
+_VAL_STREAM = 2_000_003  # the validation noise's
 
 
 class ResidualDenoiser(nn.Module):
@@ -114,7 +115,9 @@ class DenoiseJob(Job):
                choices=_DATASETS),
         Option("noisy_copies", int, 4, "independent noisy copies of each training image",
                low=1),
-        Option("n_train", int, 4000, "clean training images, a fixed random subset", low=1),
+        Option("n_train", int, 3500, "clean training images, a fixed random subset", low=1),
+        Option("n_val", int, 500, "validation images: other training-split images, one "
+               "noisy copy each (their own noise stream)", low=1),
         Option("n_test", int, 1000, "test images, a fixed random subset", low=1),
         Option("data_seed", int, 0, "seed of the noise and the subsets", low=0),
         Option("lpips", bool, False, "also score LPIPS (SqueezeNet trunk); needs its "
@@ -142,31 +145,41 @@ class DenoiseJob(Job):
         load = load_mnist if self.option("dataset") == "mnist" else load_fashion
         return load(Path(data_dir) if data_dir else None, self.option("download"))
 
-    def _subset(self, images: Tensor, n: int, gen: torch.Generator) -> Tensor:
-        """A fixed random subset of ``n`` images as floats in [0, 1], ``[n, 1, 28, 28]``."""
-        if n > len(images):
+    def _subsets(self, images: Tensor, sizes: list[int], gen: torch.Generator
+                 ) -> list[Tensor]:
+        """Disjoint fixed random subsets of the given sizes, as floats in [0, 1]."""
+        if sum(sizes) > len(images):
             raise UsageError(f"{self.option('dataset')} has {len(images)} images in this split; "
-                             f"asked for {n}")
-        idx = torch.randperm(len(images), generator=gen)[:n]
-        return (images[idx].float() / 255.0).unsqueeze(1).contiguous()
+                             f"asked for {' + '.join(map(str, sizes))}")
+        idx = torch.randperm(len(images), generator=gen)[:sum(sizes)]
+        return [(images[i].float() / 255.0).unsqueeze(1).contiguous() for i in idx.split(sizes)]
+
+    def _noisy(self, clean: Tensor, seed: int, copies: int = 1) -> Split:
+        """``copies`` noisy copies of ``clean`` images, noise from generator ``seed``; the
+        noisy input's own PSNR and SSIM in ``extra`` (``psnr_gain`` is measured from it)."""
+        gen = torch.Generator().manual_seed(seed)
+        y = clean.repeat(copies, 1, 1, 1)
+        x = y + self.option("sigma") * torch.randn(y.shape, generator=gen)
+        psnr_in, ssim_in = denoise_metrics(x, y).tolist()
+        return Split(x, y, {"psnr_input": psnr_in, "ssim_input": ssim_in})
 
     def load_data(self) -> JobData:
-        raw, sigma, seed = self._raw(), self.option("sigma"), self.option("data_seed")
-        n_train, n_test, copies = (self.option(k) for k in ("n_train", "n_test",
-                                                            "noisy_copies"))
+        raw, seed = self._raw(), self.option("data_seed")
         gen = torch.Generator().manual_seed(seed)
-        clean_train = self._subset(raw.train_images, n_train, gen)
-        train_y = clean_train.repeat(copies, 1, 1, 1)
-        train_x = train_y + sigma * torch.randn(train_y.shape, generator=gen)
-        test_gen = torch.Generator().manual_seed(seed + _TEST_STREAM)
-        test_y = self._subset(raw.test_images, n_test, test_gen)
-        test_x = test_y + sigma * torch.randn(test_y.shape, generator=test_gen)
-        psnr_in, ssim_in = denoise_metrics(test_x, test_y).tolist()
-        source = (f"{raw.source}; {n_train} train x {copies} noisy copies, {n_test} test; "
-                  f"Gaussian sigma {sigma:g}, data seed {seed}; noisy test input: PSNR "
-                  f"{psnr_in:.2f} dB, SSIM {ssim_in:.4f}")
-        return JobData(train_x, train_y, test_x, test_y, source,
-                       extra={"psnr_input": psnr_in, "ssim_input": ssim_in})
+        clean_train, clean_val = self._subsets(
+            raw.train_images, [self.option("n_train"), self.option("n_val")], gen)
+        (clean_test,) = self._subsets(raw.test_images, [self.option("n_test")],
+                                      torch.Generator().manual_seed(seed + _TEST_STREAM))
+        copies = self.option("noisy_copies")
+        data = JobData(self._noisy(clean_train, seed + 1, copies),
+                       self._noisy(clean_val, seed + _VAL_STREAM),
+                       self._noisy(clean_test, seed + _TEST_STREAM + 1), "")
+        test = data.test.extra
+        data.source = (f"{raw.source}; {data.sizes()} ({copies} noisy copies of each training "
+                       f"image); Gaussian sigma {self.option('sigma'):g}, data seed {seed}; "
+                       f"noisy test input: PSNR {test['psnr_input']:.2f} dB, SSIM "
+                       f"{test['ssim_input']:.4f}")
+        return data
 
     def build_model(self, data: JobData) -> nn.Module:
         return ResidualDenoiser()
@@ -195,18 +208,18 @@ class DenoiseJob(Job):
 
     # -- metrics -------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+    def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
-        pred = torch.cat([model(x).float() for x in data.test_x.split(_EVAL_BATCH)])
-        values = denoise_metrics(pred, data.test_y)
-        gain = values[0] - data.extra["psnr_input"]
+        pred = torch.cat([model(x).float() for x in split.x.split(_EVAL_BATCH)])
+        values = denoise_metrics(pred, split.y)
+        gain = values[0] - split.extra["psnr_input"]
         parts = [values, gain.view(1)]
         if "lpips" in self.metrics:
             from losscli.losses.image import lpips_loss
 
             lp = torch.cat([lpips_loss(p, t, net=_LPIPS_NET, reduction="none")
                             for p, t in zip(pred.split(_EVAL_BATCH),
-                                            data.test_y.split(_EVAL_BATCH), strict=True)])
+                                            split.y.split(_EVAL_BATCH), strict=True)])
             parts.append(lp.mean().view(1))
         return dict(zip(self.metrics, torch.cat(parts).tolist(), strict=True))  # one sync
 

@@ -47,7 +47,7 @@ from losscli.data.voc import (
     synthetic_voc_root,
 )
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData, Objective, Option
+from losscli.jobs.base import Job, JobData, Objective, Option, Split, hold_out
 from losscli.losses import Family, Loss, LossInfo, Pred, Target
 from losscli.ops.anchors import anchors_per_location, default_boxes
 from losscli.ops.boxcoder import build_targets, decode
@@ -55,6 +55,7 @@ from losscli.ops.boxcoder import build_targets, decode
 __all__ = ["DetectionJob", "TinySSD", "mean_average_precision"]
 
 VARIANCES = (0.1, 0.2)
+_VAL_FRACTION = 0.15  # of the training images, held out for validation (split seed 0)
 SCALES = (0.2, 0.4, 0.65, 0.9)  # default-box scales of the stride 8, 16, 32 maps (+ one)
 ASPECT_RATIOS = (2.0,)
 PRIOR = 0.01  # RetinaNet's initial object probability
@@ -210,14 +211,22 @@ class DetectionJob(Job):
             raise UsageError(f"no training object of class {', '.join(missing)} in {where}; "
                              f"--classes names the classes to detect")
 
-        def prep(images: Tensor) -> Tensor:
-            return ((images.float() / 255.0 - _MEAN) / _STD).contiguous()
+        tr, va = hold_out(len(train), round(_VAL_FRACTION * len(train)), 0)
+        data = JobData(self._split(train, tr), self._split(train, va),
+                       self._split(test, torch.arange(len(test))), "")
+        data.source = (f"{where}: {data.sizes()} images, {self.image_size} px, classes "
+                       f"{','.join(self.classes)}")
+        return data
 
-        source = (f"{where}: {len(train)} train / {len(test)} test images, "
-                  f"{self.image_size} px, classes {','.join(self.classes)}")
-        return JobData(prep(train.images), self._encode(train), prep(test.images),
-                       self._encode(test), source,
-                       extra={"boxes": test.boxes, "labels": test.labels})
+    def _split(self, part: DetectionSplit, idx: Tensor) -> Split:
+        """Images ``idx`` of ``part``: normalised inputs, encoded targets, and the
+        ground-truth boxes and labels the mAP needs."""
+        images = (part.images[idx].float() / 255.0 - _MEAN) / _STD
+        rows = idx.tolist()
+        picked = DetectionSplit(part.images[idx], [part.boxes[i] for i in rows],
+                                [part.labels[i] for i in rows], [part.ids[i] for i in rows])
+        return Split(images.contiguous(), self._encode(picked),
+                     {"boxes": picked.boxes, "labels": picked.labels})
 
     def build_model(self, data: JobData) -> nn.Module:
         return TinySSD(self.num_classes, anchors_per_location(ASPECT_RATIOS))
@@ -348,13 +357,13 @@ class DetectionJob(Job):
         return torch.cat([boxes, top.unsqueeze(-1), (idx % k + 1).unsqueeze(-1).float()], -1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+    def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
         from torchvision.ops import batched_nms
 
         sigmoid = objective.scores == "sigmoid"
         cands = torch.cat([self._candidates(model(x).float(), sigmoid)
-                           for x in data.test_x.split(_EVAL_BATCH)]).cpu()  # the host sync
+                           for x in split.x.split(_EVAL_BATCH)]).cpu()  # the host sync
         preds = []
         for c in cands:  # NMS per image on the host
             c = c[c[:, 4] > _SCORE_THRESH]
@@ -362,7 +371,7 @@ class DetectionJob(Job):
             preds.append({"boxes": c[keep, :4], "scores": c[keep, 4],
                           "labels": c[keep, 5].long()})
         targets = [{"boxes": b, "labels": lab}
-                   for b, lab in zip(data.extra["boxes"], data.extra["labels"], strict=True)]
+                   for b, lab in zip(split.extra["boxes"], split.extra["labels"], strict=True)]
         values = mean_average_precision(preds, targets)
         return {"map50": values["map_50"], "map": values["map"]}
 

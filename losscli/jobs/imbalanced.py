@@ -27,13 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_mnist
-from losscli.jobs.base import Job, JobData, Objective, Option, eval_chunks
+from losscli.jobs.base import Job, JobData, Objective, Option, Split, eval_chunks, hold_out
 from losscli.jobs.classification import DATA_OPTIONS, SmallCNN
 from losscli.losses import Family, Pred, Target
 
 __all__ = ["ImbalancedJob", "subsample_positives"]
 
 _MEAN_STD = (0.1307, 0.3081)
+_VAL_FRACTION = 0.3  # of the training split (per class), held out for validation
 
 
 def subsample_positives(labels: Tensor, digit: int, pos_ratio: float,
@@ -96,17 +97,19 @@ class ImbalancedJob(Job):
         else:
             raw = _resplit_half(load_mnist(), gen)
         mean, std = _MEAN_STD
-        parts = []
-        for images, labels in ((raw.train_images, raw.train_labels),
+        tr, va = hold_out(len(raw.train_labels), round(_VAL_FRACTION * len(raw.train_labels)),
+                          self.option("data_seed"), raw.train_labels)
+        splits = []
+        for images, labels in ((raw.train_images[tr], raw.train_labels[tr]),
+                               (raw.train_images[va], raw.train_labels[va]),
                                (raw.test_images, raw.test_labels)):
             keep = subsample_positives(labels, digit, ratio, gen)
             x = ((images[keep].float() / 255.0 - mean) / std).unsqueeze(1).contiguous()
-            parts += [x, (labels[keep] == digit).float()]
-        n_pos = [int(parts[1].sum()), int(parts[3].sum())]
-        source = (f"{raw.source}; digit {digit} vs rest, 1:{1 / ratio:g}: "
-                  f"train {len(parts[1])} ({n_pos[0]} positive), test {len(parts[3])} "
-                  f"({n_pos[1]} positive)")
-        return JobData(*parts, source=source)
+            splits.append(Split(x, (labels[keep] == digit).float()))
+        counts = ", ".join(f"{name} {len(s)} ({int(s.y.sum())} positive)"
+                           for name, s in zip(("train", "val", "test"), splits, strict=True))
+        return JobData(*splits, source=f"{raw.source}; digit {digit} vs rest, "
+                                       f"1:{1 / ratio:g}: {counts}")
 
     def build_model(self, data: JobData) -> nn.Module:
         model = SmallCNN(num_classes=1)
@@ -122,10 +125,10 @@ class ImbalancedJob(Job):
         return target
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+    def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
-        logits = torch.cat([model(x).float()[:, 0] for x in eval_chunks(data.test_x)])
-        return binary_metrics(torch.sigmoid(logits), data.test_y)
+        logits = torch.cat([model(x).float()[:, 0] for x in eval_chunks(split.x)])
+        return binary_metrics(torch.sigmoid(logits), split.y)
 
     def probe(self) -> tuple[Tensor, Tensor]:
         return torch.randn(4, 1), torch.tensor([0.0, 1.0, 0.0, 0.0])

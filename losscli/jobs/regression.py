@@ -13,13 +13,15 @@ from losscli.data.synthetic_regression import (
     make_regression,
 )
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData, Objective, Option
+from losscli.jobs.base import Job, JobData, Objective, Option, Split, hold_out
 from losscli.losses import Family, Pred, Target
 
 __all__ = ["MLP", "RegressionJob"]
 
 _VAR_FLOOR = 1e-6
-_SYNTHETIC_ONLY = ("noise", "noise_scale", "features", "nonlinearity", "n_train", "n_test")
+_SYNTHETIC_ONLY = ("noise", "noise_scale", "features", "nonlinearity", "n_train", "n_val",
+                   "n_test")
+_CSV_VAL_FRACTION = 0.2  # of a CSV's training rows, held out for validation
 
 
 class MLP(nn.Module):
@@ -63,7 +65,9 @@ class RegressionJob(Job):
         Option("nonlinearity", float, 0.5, "0 linear .. 1 sine ridges and products", low=0,
                high=1),
         Option("n_train", int, 2000, "training samples", low=2),
-        Option("n_test", int, 1000, "test samples", low=2),
+        Option("n_val", int, 500, "validation samples, generated like the training ones "
+               "(outliers and noise included: a tuner never sees clean targets)", low=2),
+        Option("n_test", int, 1000, "test samples (clean targets)", low=2),
         Option("data_seed", int, 0, "seed of the generated data or of the CSV split", low=0),
         Option("csv", str, None, "your own table instead of generated data (with --target)"),
         Option("target_column", str, None, "the --csv column to predict", flag="target"),
@@ -79,21 +83,29 @@ class RegressionJob(Job):
             raise UsageError(", ".join("--" + k.replace("_", "-") for k in given)
                              + " only apply to generated data, not with --csv")
 
-    def _data(self) -> RegressionData:
+    def _data(self) -> tuple[RegressionData, int]:
+        """The data (training rows include the validation rows) and the validation size."""
         o, seed = self.options, self.option("data_seed")
         if "csv" in o:
-            return load_csv_regression(o["csv"], o["target_column"],
-                                       outliers=o.get("outliers", 0.0), seed=seed)
-        return make_regression(seed=seed, **{k: o[k] for k in (*_SYNTHETIC_ONLY, "outliers")
-                                             if k in o})
+            d = load_csv_regression(o["csv"], o["target_column"],
+                                    outliers=o.get("outliers", 0.0), seed=seed)
+            return d, max(2, round(_CSV_VAL_FRACTION * len(d.train_y)))
+        knobs = {k: o[k] for k in (*_SYNTHETIC_ONLY, "outliers") if k in o and k != "n_val"}
+        n_val = self.option("n_val")
+        knobs["n_train"] = self.option("n_train") + n_val
+        return make_regression(seed=seed, **knobs), n_val
 
     def load_data(self) -> JobData:
-        d = self._data()
-        return JobData(d.train_x, d.train_y, d.test_x, d.test_y, d.source,
-                       extra={"outlier": d.outlier})
+        d, n_val = self._data()
+        tr, va = hold_out(len(d.train_y), n_val, self.option("data_seed"))
+        data = JobData(Split(d.train_x[tr], d.train_y[tr], {"outlier": d.outlier[tr]}),
+                       Split(d.train_x[va], d.train_y[va], {"outlier": d.outlier[va]}),
+                       Split(d.test_x, d.test_y), d.source)
+        data.source += f"; {data.sizes()}"
+        return data
 
     def build_model(self, data: JobData) -> nn.Module:
-        return MLP(data.train_x.shape[1])
+        return MLP(data.train.x.shape[1])
 
     def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor:
         mean = output[..., 0]
@@ -105,12 +117,12 @@ class RegressionJob(Job):
         return target
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+    def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
         from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
 
-        pred = model(data.test_x).float()[:, 0]
-        y = data.test_y
+        pred = model(split.x).float()[:, 0]
+        y = split.y
         values = torch.stack([
             mean_squared_error(pred, y, squared=False),
             mean_absolute_error(pred, y),

@@ -33,13 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losscli.data.synthetic_segmentation import SHAPE_CLASSES, make_segmentation
-from losscli.jobs.base import Job, JobData, Objective, Option
+from losscli.jobs.base import Job, JobData, Objective, Option, Split
 from losscli.losses import Family, LossInfo, Pred, Target
 
 __all__ = ["SegmentationJob", "SmallUNet"]
 
 _EVAL_BATCH = 256
 _TEST_STREAM = 1_000_003  # the test set's generator seed is data_seed + this
+_VAL_STREAM = 2_000_003  # the validation set's: its own stream, like the test set
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -97,6 +98,7 @@ class SegmentationJob(Job):
                "0.5-1 above the background", low=0),
         Option("binary", bool, False, "foreground vs background: one logit channel"),
         Option("n_train", int, 2000, "training images", low=1),
+        Option("n_val", int, 250, "validation images (their own generator stream)", low=1),
         Option("n_test", int, 500, "test images", low=1),
         Option("data_seed", int, 0, "seed of the generated data", low=0),
     )
@@ -130,21 +132,23 @@ class SegmentationJob(Job):
                                  fg_fraction=self.option("fg_fraction"),
                                  noise=self.option("pixel_noise"), seed=seed)
 
+    def _split(self, n: int, seed: int) -> Split:
+        part = self._generate(n, seed)
+        masks = (part.masks > 0).long() if self.binary else part.masks
+        return Split(part.images, masks, {"fg_fraction": part.fg_fraction})
+
     def load_data(self) -> JobData:
-        n_train, n_test, seed = (self.option(k) for k in ("n_train", "n_test", "data_seed"))
-        train = self._generate(n_train, seed)
-        test = self._generate(n_test, seed + _TEST_STREAM)
-        ytr, yte = train.masks, test.masks
-        if self.binary:
-            ytr, yte = (ytr > 0).long(), (yte > 0).long()
+        seed = self.option("data_seed")
+        data = JobData(self._split(self.option("n_train"), seed),
+                       self._split(self.option("n_val"), seed + _VAL_STREAM),
+                       self._split(self.option("n_test"), seed + _TEST_STREAM), "")
         classes = ", ".join(SHAPE_CLASSES[:self.num_classes])
-        source = (f"generated shapes ({classes}{'; binary fg/bg' if self.binary else ''}), "
-                  f"{self.image_size}px, {n_train} train / {n_test} test, "
-                  f"fg fraction {train.fg_fraction:.3f} (asked {self.option('fg_fraction'):g}), "
-                  f"noise {self.option('pixel_noise'):g}, data seed {seed}")
-        return JobData(train.images, ytr, test.images, yte, source,
-                       extra={"fg_fraction_train": train.fg_fraction,
-                              "fg_fraction_test": test.fg_fraction})
+        data.source = (
+            f"generated shapes ({classes}{'; binary fg/bg' if self.binary else ''}), "
+            f"{self.image_size}px, {data.sizes()}, fg fraction "
+            f"{data.train.extra['fg_fraction']:.3f} (asked {self.option('fg_fraction'):g}), "
+            f"noise {self.option('pixel_noise'):g}, data seed {seed}")
+        return data
 
     def build_model(self, data: JobData) -> nn.Module:
         return SmallUNet(in_channels=1, out_channels=self.out_channels)
@@ -178,10 +182,10 @@ class SegmentationJob(Job):
         return (output[:, 0] > 0).long() if self.binary else output.argmax(1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: JobData, objective: Objective
+    def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
-        pred = torch.cat([self.predict(model(x).float()) for x in data.test_x.split(_EVAL_BATCH)])
-        return dict(zip(self.metrics, segmentation_metrics(pred, data.test_y,
+        pred = torch.cat([self.predict(model(x).float()) for x in split.x.split(_EVAL_BATCH)])
+        return dict(zip(self.metrics, segmentation_metrics(pred, split.y,
                                                            max(2, self.out_channels)).tolist(),
                         strict=True))  # the one host sync
 

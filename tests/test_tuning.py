@@ -1,0 +1,101 @@
+"""Equal per-loss tuning on the validation split: grids, budgets, successive halving, the
+final runs on fresh seeds, and kill -9 / resume with every trial exactly once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from losscli.errors import UsageError
+from losscli.losses import create_loss
+from losscli.tuning import Trial, configure, lr_grid, parse_tune, rung_of, tune_group
+
+TINY = ["--task", "reg", "--opt", "n_train=200", "--opt", "n_val=60", "--opt", "n_test=60",
+        "--steps", "27", "--eval-every", "3", "--batch-size", "32", "--quiet"]
+
+
+def test_default_lr_grid_spans_three_decades_around_the_default():
+    grid = lr_grid(1e-3)
+    assert len(grid) == 7 and grid[3] == 1e-3
+    assert grid[-1] / grid[0] == pytest.approx(1000, rel=0.01)
+
+
+def test_parse_tune_forms_and_errors():
+    t = parse_tune(["lr", "focal:gamma=[0.5,1,2,5]", "trials=9"])
+    assert t.lr == () and t.params == {"focal": {"gamma": (0.5, 1, 2, 5)}} and t.trials == 9
+    assert parse_tune(["lr=[1e-4,1e-3]"]).lr == (1e-4, 1e-3)
+    assert parse_tune([]) is None
+    for bad in ("lr=[-1]", "trials=0", "gamma", "focal:gamma"):
+        with pytest.raises(UsageError):
+            parse_tune([bad])
+
+
+def test_configure_sets_term_parameters_and_keeps_the_rest():
+    loss = configure(create_loss("focal:gamma=2,alpha=0.25+0.5*dice"), {"focal.gamma": 5,
+                                                                        "lr": 0.1})
+    assert loss.key == "focal:alpha=0.25,gamma=5+0.5*dice"
+
+
+def test_successive_halving_prunes_the_worse_trials_and_picks_the_best():
+    """A fake objective: the validation value is the lr itself, ramping up over steps."""
+    calls = []
+
+    def run_trial(number, params, ask_prune):
+        curve = [(0, 0.0)]
+        for step in range(3, 28, 3):
+            value = params["lr"] * step / 27
+            curve.append((step, value))
+            if ask_prune(step, value):
+                calls.append((params["lr"], "pruned", step))
+                return Trial(curve, "pruned", value)
+        calls.append((params["lr"], "ok", 27))
+        return Trial(curve, "ok", curve[-1][1])
+
+    space = {"lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]}
+    best = tune_group(space, 9, True, 27, run_trial)
+    assert best == {"lr": 0.9} or any(lr == 0.9 and s == "pruned" for lr, s, _ in calls)
+    assert len(calls) == 9 and any(s == "pruned" for _, s, _ in calls)
+    first, again = [lr for lr, _, _ in calls], []
+    tune_group(space, 9, True, 27, lambda n, p, a: again.append(p["lr"]) or run_trial(n, p, a))
+    assert again == first  # same order, same choices: seeded
+
+
+def test_rung_of_counts_the_halvings_a_curve_passed():
+    assert rung_of([(0, 0), (3, 1)], 27) == 0
+    assert rung_of([(0, 0), (9, 1)], 27) == 1
+    assert rung_of([(0, 0), (27, 1)], 27) == 2
+
+
+def _cmd(out) -> list[str]:
+    return [sys.executable, "-m", "losscli", "train", *TINY, "--loss", "mse", "--loss", "l1",
+            "--tune", "lr", "--seeds", "2", "--vectorise", "never", "--out", str(out)]
+
+
+def test_tuned_train_then_kill_9_resumes_every_trial_exactly_once(tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(_cmd(ref), check=True, capture_output=True, timeout=600)
+    want = pd.read_csv(ref / "runs.csv")
+    assert set(want["phase"]) == {"tune", "final"}
+    assert (want["phase"] == "tune").sum() == 14  # 7 lrs x 2 losses, the same budget each
+    final = want[want["phase"] == "final"]
+    assert len(final) == 4 and final["test_final"].notna().all()
+    assert want.loc[want["phase"] == "tune", "test_final"].isna().all()  # never on test
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "runs.csv").exists() and len(pd.read_csv(out / "runs.csv")) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(_cmd(out), check=True, capture_output=True, timeout=600)
+    got = pd.read_csv(out / "runs.csv")
+    assert got["run_key"].is_unique and set(got["run_key"]) == set(want["run_key"])
+    chosen = lambda df: df[df["phase"] == "final"].groupby("loss")["tuned"].first()  # noqa: E731
+    assert chosen(got).to_dict() == chosen(want).to_dict()
