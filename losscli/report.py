@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,49 +13,30 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from losscli.render import fmt_num  # noqa: E402
 from losscli.results import (  # noqa: E402
+    compared,
     read_history,
     read_meta,
     read_runs,
     seed_stats,
     with_variant,
 )
+from losscli.stats import ALPHA, _welch_p, compare  # noqa: E402
 
 __all__ = ["FindingResult", "build_report", "evaluate_finding", "ranking"]
 
-ALPHA = 0.05  # significance level of the Welch t-tests
-
-
-def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
-        return 0.0 if len(a) >= 2 and len(b) >= 2 and np.mean(a) != np.mean(b) else math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 def ranking(group: pd.DataFrame) -> pd.DataFrame:
-    """Per loss of one variant: mean ± std, 95 % CI over seeds, and Welch's p against the
-    best loss (the metric's direction is read from the runs)."""
-    rows = []
-    for _, g in group[group["status"] == "ok"].groupby("loss_key", sort=False):
-        st = seed_stats(g)
-        n, mean, sd = st["ok"], st["mean"], st["std"]
-        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-        rows.append({"loss": g["loss"].iloc[0], "n": n, "mean": mean, "std": sd,
-                     "ci_low": mean - half, "ci_high": mean + half, "values": st["values"]})
-    if not rows:
+    """Per loss of one variant, best first: mean ± std and 95 % interval over seeds,
+    difference and Hedges' g against the best, Welch p and Holm-corrected p
+    (``losscli.stats.compare``; the metric's direction is read from the runs)."""
+    values = {g["loss"].iloc[0]: seed_stats(g)["values"]
+              for _, g in group[group["status"] == "ok"].groupby("loss_key", sort=False)}
+    if not values:
         return pd.DataFrame()
-    maximize = bool(group["maximize"].iloc[0])
-    df = pd.DataFrame(rows).sort_values("mean", ascending=not maximize).reset_index(drop=True)
-    best = df.loc[0, "values"]
-    df["p_vs_best"] = [math.nan if i == 0 else _welch_p(best, v)
-                       for i, v in enumerate(df["values"])]
-    df["significant"] = df["p_vs_best"] < ALPHA
-    return df.drop(columns="values")
+    return compare(values, bool(group["maximize"].iloc[0]), group["primary_metric"].iloc[0])
 
 
 # --------------------------------------------------------------------------- plots
@@ -126,54 +106,72 @@ class FindingResult:
 
 def _metric_by_seed(runs: pd.DataFrame, spec: str, metric: str) -> pd.Series:
     g = runs[(runs["loss"] == spec) & (runs["status"] == "ok")]
+    g = g[g["phase"].fillna("run") != "tune"] if "phase" in g.columns else g
     return pd.Series([json.loads(m)[metric] for m in g["test_metrics"]], index=g["seed"])
 
 
 def evaluate_finding(finding, runs: pd.DataFrame) -> FindingResult:
-    """Each ``better`` loss against ``than``: effect size, sign consistency over seeds, Welch p.
+    """Each ``better`` loss against ``than`` on the test metric over shared seeds: effect,
+    sign consistency, and Welch p corrected across the finding's comparisons (Holm).
 
-    reproduced: every ``better`` loss wins on average, on every seed, with p < 0.05;
-    not reproduced: some ``better`` loss loses on average with p < 0.05; else inconclusive.
+    reproduced: every ``better`` loss wins on average, on every seed, with corrected
+    p < 0.05; not reproduced: some ``better`` loss loses on average with corrected
+    p < 0.05; else inconclusive.
     """
     opts = json.dumps({k: str(v) for k, v in sorted(finding.options.items())})
     sel = runs[(runs["job"] == finding.task) & (runs["job_options"] == opts)]
     if finding.steps is not None:
         sel = sel[sel["steps"] == finding.steps]
     base = _metric_by_seed(sel, finding.than, finding.metric)
-    sign = 1 if finding.maximize else -1
-    verdicts, lines = [], []
-    for spec in finding.better:
-        cand = _metric_by_seed(sel, spec, finding.metric)
-        seeds = sorted(set(cand.index) & set(base.index))
-        if len(seeds) < 2:
-            verdicts.append("no data")
-            lines.append(f"{spec} vs {finding.than}: fewer than 2 shared seeds")
-            continue
-        diff = sign * (cand[seeds].to_numpy() - base[seeds].to_numpy())
-        p = _welch_p(cand[seeds].to_numpy(), base[seeds].to_numpy())
-        wins = int((diff > 0).sum())
-        d = diff.mean() / diff.std(ddof=1) if diff.std(ddof=1) > 0 else math.inf * np.sign(
-            diff.mean())
-        if diff.mean() > 0 and wins == len(seeds) and p < ALPHA:
-            verdicts.append("reproduced")
-        elif diff.mean() < 0 and p < ALPHA:
-            verdicts.append("not reproduced")
-        else:
-            verdicts.append("inconclusive")
-        lines.append(f"{spec}: {finding.metric} {cand[seeds].mean():.4g} vs {finding.than} "
-                     f"{base[seeds].mean():.4g} (better by {diff.mean():+.4g}, paired d "
-                     f"{d:.2f}, wins {wins}/{len(seeds)} seeds, Welch p {p:.3g})")
-    if not verdicts:
-        verdict = "no data"
-    elif all(v == "reproduced" for v in verdicts):
-        verdict = "reproduced"
-    elif "not reproduced" in verdicts:
-        verdict = "not reproduced"
-    elif all(v == "no data" for v in verdicts):
-        verdict = "no data"
-    else:
-        verdict = "inconclusive"
-    return FindingResult(finding.id, finding.title, verdict, "; ".join(lines))
+    tests = [_paired(finding, spec, _metric_by_seed(sel, spec, finding.metric), base)
+             for spec in finding.better]
+    done = [t for t in tests if t is not None]
+    if done:
+        from statsmodels.stats.multitest import multipletests
+
+        for t, p in zip(done, multipletests([t["p"] for t in done], method="holm")[1],
+                        strict=True):
+            t["p_holm"] = p
+    verdicts = [_verdict(t) for t in tests]
+    lines = [f"{spec} vs {finding.than}: fewer than 2 shared seeds" if t is None else
+             f"{spec}: {finding.metric} {t['cand']:.4g} vs {finding.than} {t['base']:.4g} "
+             f"(better by {t['diff']:+.4g}, wins {t['wins']}/{t['n']} seeds, Welch p "
+             f"{_p(t['p'])}, Holm {_p(t['p_holm'])})" for spec, t in zip(finding.better, tests,
+                                                                     strict=True)]
+    return FindingResult(finding.id, finding.title, _overall(verdicts), "; ".join(lines))
+
+
+def _paired(finding, spec: str, cand: pd.Series, base: pd.Series) -> dict | None:
+    seeds = sorted(set(cand.index) & set(base.index))
+    if len(seeds) < 2:
+        return None
+    a, b = cand[seeds].to_numpy(float), base[seeds].to_numpy(float)
+    diff = (1 if finding.maximize else -1) * (a - b)
+    return {"cand": a.mean(), "base": b.mean(), "diff": diff.mean(),
+            "wins": int((diff > 0).sum()), "n": len(seeds), "p": _welch_p(a, b)}
+
+
+def _verdict(t: dict | None) -> str:
+    if t is None:
+        return "no data"
+    if t["diff"] > 0 and t["wins"] == t["n"] and t["p_holm"] < ALPHA:
+        return "reproduced"
+    if t["diff"] < 0 and t["p_holm"] < ALPHA:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def _overall(verdicts: list[str]) -> str:
+    if not verdicts or all(v == "no data" for v in verdicts):
+        return "no data"
+    if all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    return "not reproduced" if "not reproduced" in verdicts else "inconclusive"
+
+
+def _p(p: float) -> str:
+    """A p-value as people write it: ``< 0.001`` below that."""
+    return "–" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 # --------------------------------------------------------------------------- documents
@@ -186,7 +184,9 @@ def _ranking_rows(rank: pd.DataFrame) -> list[list[str]]:
         rows.append([str(i + 1), r["loss"], str(r["n"]),
                      f"{fmt_num(r['mean'])} ± {fmt_num(r['std'])}",
                      f"[{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]",
-                     "best" if i == 0 else fmt_num(r["p_vs_best"], 3), sig])
+                     "best" if i == 0 else fmt_num(r["worse_by"]),
+                     "" if i == 0 else fmt_num(r["hedges_g"], 2),
+                     "best" if i == 0 else _p(r["p_holm"]), sig])
     return rows
 
 
@@ -200,8 +200,8 @@ def _cost_rows(group: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-RANK_HEAD = ["#", "loss", "seeds", "final (mean ± std)", "95 % CI", "Welch p vs best",
-             f"significant (p < {ALPHA})"]
+RANK_HEAD = ["#", "loss", "seeds", "test (mean ± std)", "95 % CI", "worse than best by",
+             "Hedges g", "Holm p vs best", f"significant (p < {ALPHA})"]
 COST_HEAD = ["loss", "samples/s", "loss fwd+bwd ms/step", "train s/run", "steps to target"]
 
 
@@ -232,17 +232,80 @@ class Section:
 
 def _sections(runs, history, out: Path) -> list[Section]:
     sections = []
-    variants = with_variant(runs).groupby("variant", sort=False) if len(runs) else []
+    trials = with_variant(runs[runs["phase"] == "tune"]) if "phase" in runs else runs[:0]
+    ranked = compared(runs)
+    variants = with_variant(ranked).groupby("variant", sort=False) if len(ranked) else []
     for i, (variant, group) in enumerate(variants):
         metric = group["primary_metric"].iloc[0]
         counts = group["status"].value_counts().to_dict()
         images = variant_plots(variant, group, history, metric, out, f"v{i}") \
             if (group["status"] == "ok").any() else []
+        mine = trials[trials["variant"] == variant] if len(trials) else trials
+        if len(mine):
+            images.append(tuning_plot(variant, mine, metric, out / f"v{i}-tuning.png"))
         sections.append(Section(
             title=variant, metric=metric, maximize=bool(group["maximize"].iloc[0]),
             ranking=_ranking_rows(ranking(group)), cost=_cost_rows(group),
             images=images, statuses=", ".join(f"{n} {s}" for s, n in counts.items())))
     return sections
+
+
+def tuning_plot(variant: str, trials: pd.DataFrame, metric: str, path: Path) -> Path:
+    """Validation metric against learning rate, one line per loss (pruned trials hollow):
+    a loss whose curve is narrow and peaked is fragile; the table beside it gives the
+    spread (max - min over the grid)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for loss, g in trials.groupby("loss", sort=False):
+        g = g.sort_values("lr")
+        (line,) = ax.plot(g["lr"], g["val_final"], marker="o", lw=1.4, label=loss)
+        pruned = g[g["status"] == "pruned"]
+        ax.scatter(pruned["lr"], pruned["val_final"], s=40, facecolors="white",
+                   edgecolors=line.get_color(), zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"validation {metric} (last eval; hollow: pruned early)")
+    ax.set_title(f"{variant}: tuning", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    return _save(fig, path)
+
+
+def _summary_rows(runs) -> list[list[str]]:
+    from losscli.stats import recommendations
+
+    table = recommendations(runs)
+    return [[r["variant"], r["pick"],
+             f"{fmt_num(r['mean'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]",
+             r["not_significantly_worse"] or "–", r["verdict"], r["tuned"] or "–"]
+            for _, r in table.iterrows()]
+
+
+SUMMARY_HEAD = ["job variant", "pick", "test mean [95 % CI]", "not significantly worse",
+                "verdict", "tuned"]
+
+
+def _across(runs, out: Path) -> tuple[list[str], Path | None]:
+    """Average ranks over variants, the Friedman test and a critical-difference diagram
+    (autorank), where at least two variants share at least two losses."""
+    from losscli.stats import across_variants, variant_tables
+
+    tables = variant_tables(runs)
+    means = pd.DataFrame({v: t.set_index("loss")["mean"] for v, t in tables.items()}).T
+    maximize = pd.Series({v: t.attrs["maximize"] for v, t in tables.items()})
+    try:
+        result = across_variants(means, maximize)
+    except Exception as exc:  # autorank refuses some shapes (e.g. too few variants)
+        return [f"Across variants: not computed ({exc})."], None
+    if result is None:
+        return [], None
+    ranks = ", ".join(f"{loss} {r:.2f}" for loss, r in result.rankdf["meanrank"].items())
+    lines = [f"Across {means.dropna(axis=1).shape[0]} variants: average ranks {ranks}; "
+             f"Friedman p {_p(result.pvalue)}; critical difference {result.cd:.2f} "
+             f"(Nemenyi, alpha {ALPHA})."]
+    from autorank import plot_stats
+
+    plot_stats(result, allow_insignificant=True)
+    return lines, _save(plt.gcf(), out / "critical-difference.png")
 
 
 def build_report(run_dir: Path, out: Path | None = None, findings=()) -> tuple[Path, Path]:
@@ -254,10 +317,15 @@ def build_report(run_dir: Path, out: Path | None = None, findings=()) -> tuple[P
     meta = read_meta(run_dir)
     sections = _sections(runs, history, out)
     results = [evaluate_finding(f, runs) for f in findings]
+    summary = Section("Summary: which loss to pick", "", True, _summary_rows(runs), [],
+                      [], "")
+    lines, cd = _across(runs, out)
+    summary.statuses = " ".join(lines)
+    summary.images = [cd] if cd else []
     md = out / "report.md"
-    md.write_text(_markdown(run_dir, meta, sections, results))
+    md.write_text(_markdown(run_dir, meta, [summary, *sections], results))
     page = out / "report.html"
-    page.write_text(_html(run_dir, meta, sections, results))
+    page.write_text(_html(run_dir, meta, [summary, *sections], results))
     return md, page
 
 
@@ -267,7 +335,8 @@ def _intro(run_dir: Path, meta: dict) -> list[str]:
             f"{meta.get('versions', '')} · commit {str(meta.get('git_commit'))[:10]}",
             "Quality is each run's primary metric on the test split (evaluated once, after "
             "training; curves are validation); mean ± std and a 95 % t-interval "
-            f"over seeds; Welch's t-test against the best loss (significant at p < {ALPHA})."]
+            f"over seeds; Welch's t-test against the best loss, Holm-corrected over the "
+            f"variant's comparisons (significant at p < {ALPHA})."]
 
 
 FINDING_HEAD = ["finding", "verdict", "evidence"]
@@ -281,8 +350,10 @@ def _markdown(run_dir, meta, sections, results) -> str:
                                             r.evidence] for r in results]), ""]
     for s in sections:
         better = "higher" if s.maximize else "lower"
-        parts += [f"## {s.title}", "", f"{s.metric}, {better} is better · runs: {s.statuses}",
-                  "", _md_table(RANK_HEAD, s.ranking), "", _md_table(COST_HEAD, s.cost), ""]
+        head, line = (SUMMARY_HEAD, s.statuses) if not s.metric else \
+            (RANK_HEAD, f"{s.metric}, {better} is better · runs: {s.statuses}")
+        parts += [f"## {s.title}", "", line, "", _md_table(head, s.ranking), ""]
+        parts += [_md_table(COST_HEAD, s.cost), ""] if s.cost else []
         parts += [f"![{img.stem}]({img.name})" for img in s.images] + [""]
     return "\n".join(parts)
 
@@ -306,9 +377,12 @@ def _html(run_dir, meta, sections, results) -> str:
         parts.append("<h2>Published findings</h2><table><tr><th>finding</th><th>verdict</th>"
                      f"<th>evidence</th></tr>{rows}</table>")
     for s in sections:
-        parts.append(f"<h2>{html.escape(s.title)}</h2><p>{s.metric}, "
-                     f"{'higher' if s.maximize else 'lower'} is better · runs: {s.statuses}</p>")
-        parts += [_html_table(RANK_HEAD, s.ranking), _html_table(COST_HEAD, s.cost)]
+        head, line = (SUMMARY_HEAD, s.statuses) if not s.metric else (
+            RANK_HEAD, f"{s.metric}, {'higher' if s.maximize else 'lower'} is better · runs: "
+            f"{s.statuses}")
+        parts.append(f"<h2>{html.escape(s.title)}</h2><p>{html.escape(line)}</p>")
+        parts.append(_html_table(head, s.ranking))
+        parts += [_html_table(COST_HEAD, s.cost)] if s.cost else []
         for img in s.images:
             data = base64.b64encode(img.read_bytes()).decode()
             parts.append(f"<p><img alt='{img.stem}' src='data:image/png;base64,{data}'></p>")

@@ -35,7 +35,8 @@ __all__ = ["BUDGET_KEYS", "MAX_GRID", "MAX_SEEDS", "NAME_RULE", "Finding", "JobR
            "Suite", "expand_grid", "load_suite"]
 
 # the training settings a suite may set ([defaults] and each [[job]])
-BUDGET_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "weight_decay", "eval_every")
+BUDGET_KEYS = ("epochs", "steps", "batch_size", "lr", "optimizer", "weight_decay", "eval_every",
+               "select")
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ NAME_RULE = ("a name, not a path: 1-100 characters without '/', '\\', '..', cont
              "characters or a leading '.'")
 
 _TOP_KEYS = {"name", "seeds", "description", "defaults", "job", "finding"}
-_JOB_KEYS = {"task", "losses", "seeds", "options", "grid", *BUDGET_KEYS}
+_JOB_KEYS = {"task", "losses", "seeds", "options", "grid", "tune", *BUDGET_KEYS}
 _FINDING_KEYS = {"id", "title", "task", "metric", "better", "than", "maximize", "options",
                  "steps"}
 _KIND = {bool: "a boolean", int: "an integer", float: "a number", str: "text",
@@ -268,7 +269,20 @@ def _request(entry: dict[str, Any], i: int, path: Path, seeds: tuple[int, ...],
         task=task, losses=tuple(losses),
         seeds=_seeds(entry["seeds"], where, problems) if "seeds" in entry else seeds,
         settings=_settings(entry, where, problems).over(defaults),
-        options=_options(entry, where, problems), where=where)
+        options=_options(entry, where, problems), where=where,
+        tune=_tune(entry, where, problems))
+
+
+def _tune(entry: dict[str, Any], where: str, problems: list[str]):
+    """``tune = ["lr", "focal:gamma=[0.5,1,2]"]``: as ``train --tune``."""
+    from losscli.tuning import parse_tune
+
+    items = _texts(entry, "tune", where, problems)
+    try:
+        return parse_tune(items)
+    except UsageError as exc:
+        problems.append(f"{where}: {exc}")
+        return None
 
 
 def _finding(doc: dict[str, Any], where: str, problems: list[str]) -> Finding | None:

@@ -79,7 +79,7 @@ def test_zero_learning_rate_fails(baseline_run, tmp_path):
     frozen.write_text(SUITE.format(lr=0.05).replace("lr = 0.05", "lr = 0.0"))
     res = runner.invoke(app, ["check", "--suite", str(frozen), "--baseline",
                               str(root / "baseline.csv"), "--quiet"])
-    # lr changes the run keys but not the variant: the rows are compared and regress
+    # lr is part of the variant: no current runs match the baseline's rows, a regression
     assert res.exit_code == 1, res.output
 
 

@@ -256,7 +256,7 @@ def test_train_denoise_end_to_end(tmp_path, no_weights):
     runs = pd.read_csv(out / "runs.csv")
     assert set(runs["status"]) == {"ok"} and len(runs) == 2
     assert (runs["primary_metric"] == "psnr").all()
-    for metrics in runs["final_metrics"].map(json.loads):
+    for metrics in runs["test_metrics"].map(json.loads):
         assert set(metrics) == {"psnr", "ssim", "psnr_gain"}
         assert metrics["psnr_gain"] > 0  # 20 steps already denoise a little
     assert runs["data_source"].str.contains("noisy test input: PSNR").all()

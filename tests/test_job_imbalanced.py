@@ -38,10 +38,13 @@ def test_subsample_keeps_all_negatives_and_the_ratio():
 def test_default_data_has_the_same_prior_in_train_and_test(default_data):
     job, d = default_data
     assert d.train.x.shape[1:] == (1, 28, 28) and d.train.y.dtype == torch.float32
-    for y in (d.train.y, d.test.y):
+    for y in (d.train.y, d.val.y, d.test.y):
         pos, neg = int(y.sum()), int((y == 0).sum())
         assert set(y.unique().tolist()) == {0.0, 1.0}
-        assert neg == 2250 and pos == 45  # the embedded 5k re-split 50/50, at 1:50
+        assert pos == round(0.02 * neg)  # 1:50 in every split
+    # the embedded 5k re-split 50/50: the test half, and 70/30 train/val of the other half
+    assert int((d.test.y == 0).sum()) == 2250 and int(d.test.y.sum()) == 45
+    assert len(d.train) + len(d.val) < 2250 + 45 + 2250 // 2
     assert "digit 8" in d.source and "45 positive" in d.source
     assert job.prior == pytest.approx(0.02 / 1.02)
 
@@ -134,7 +137,7 @@ def test_cli_trains_imbalanced_end_to_end(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 2 and set(runs["status"]) == {"ok"}
     assert (runs["primary_metric"] == "auprc").all()
-    assert (runs["primary_final"] > 0.2).all()  # 12 steps beat the 0.05 prior on digit 0
+    assert (runs["test_final"] > 0.2).all()  # 12 steps beat the 0.05 prior on digit 0
     history = pd.read_csv(out / "history.csv")
     assert {"auprc", "f1_best", "balanced_accuracy", "auroc"} <= set(history["metric"])
 

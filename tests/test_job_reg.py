@@ -238,7 +238,7 @@ def test_cli_trains_reg_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 4 and set(runs["status"]) == {"ok"} and set(runs["job"]) == {"reg"}
-    assert (runs["primary_metric"] == "rmse").all() and runs["primary_final"].between(0, 10).all()
+    assert (runs["primary_metric"] == "rmse").all() and runs["test_final"].between(0, 10).all()
     assert "154 train outliers" in runs["data_source"].iloc[0]
     history = pd.read_csv(out / "history.csv")
     assert {"rmse", "mae", "r2"} <= set(history["metric"])

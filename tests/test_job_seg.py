@@ -270,10 +270,10 @@ def test_train_seg_end_to_end(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert set(runs["status"]) == {"ok"} and len(runs) == 3
     assert (runs["primary_metric"] == "miou").all()
-    for metrics in runs["final_metrics"].map(json.loads):
+    for metrics in runs["test_metrics"].map(json.loads):
         assert set(metrics) == {"miou", "dice", "pixel_acc"}
         assert all(0 <= v <= 1 for v in metrics.values())
-    assert (runs["primary_final"] > 0).all() and runs["data_source"].str.contains("16px").all()
+    assert (runs["test_final"] > 0).all() and runs["data_source"].str.contains("16px").all()
     assert "dice_ce" in res.output
 
 

@@ -168,7 +168,8 @@ def test_report_ranking_table_order_interval_and_p():
     # the 95 % t-interval over 3 seeds: t(0.975, df 2) = 4.302653
     assert rank.loc[0, "ci_high"] - rank.loc[0, "mean"] == pytest.approx(
         4.302653 * rank.loc[0, "std"] / math.sqrt(3), rel=1e-4)
-    assert math.isnan(rank.loc[0, "p_vs_best"]) and rank.loc[1, "p_vs_best"] < 0.01
+    assert math.isnan(rank.loc[0, "p_holm"]) and rank.loc[1, "p_holm"] < 0.01
+    assert rank.loc[1, "worse_by"] == pytest.approx(0.15) and rank.loc[1, "hedges_g"] > 5
     low = ranking(_runs({"a": [0.80, 0.82], "b": [0.95, 0.97]}, metric="rmse", maximize=False))
     assert list(low["loss"]) == ["a", "b"]
 
@@ -191,3 +192,18 @@ def test_check_flags_a_drop_beyond_tolerance_in_the_metric_direction(maximize):
     assert compare(_runs({"a": [0.895] * 3}, metric, maximize), base)[0].ok
     assert not compare(_runs({"a": [worse] * 3}, metric, maximize), base)[0].ok
     assert compare(_runs({"a": [better] * 3}, metric, maximize), base)[0].ok
+
+
+def test_holm_correction_and_no_difference_detected():
+    from losscli.stats import compare, recommend
+
+    same = {"a": [0.90, 0.91, 0.92], "b": [0.905, 0.912, 0.915], "c": [0.899, 0.913, 0.92]}
+    table = compare(same, maximize=True, metric="accuracy")
+    assert (table["p_holm"].dropna() >= table["p"].dropna()).all()
+    pick, tied, verdict = recommend(table)
+    assert set(tied) == set(same) - {pick} and verdict.startswith("no difference detected")
+    apart = compare({"a": [0.90, 0.91, 0.92], "b": [0.80, 0.81, 0.79]}, True, "accuracy")
+    assert recommend(apart)[:2] == ("a", []) and apart.loc[1, "significant"]
+    # intervals respect the metric's range
+    edge = compare({"a": [0.99, 1.0, 0.97]}, True, "accuracy")
+    assert edge.loc[0, "ci_high"] <= 1.0

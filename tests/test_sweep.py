@@ -1,10 +1,12 @@
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 
 from losscli.cli import app
 from losscli.errors import UsageError
-from losscli.results import RUN_COLUMNS, ResultStore, RunResult, read_history, read_runs
+from losscli.results import ResultStore, RunResult, read_history, read_runs
 from losscli.suite import expand_grid, load_suite
 
 runner = CliRunner()
@@ -86,10 +88,15 @@ def test_sweep_then_resume_skips_finished(tmp_path):
     assert (out / "runs.csv").read_text() == before  # nothing re-run, nothing duplicated
 
 
+def blank_row(**given) -> dict:
+    """A RunResult's fields, each an empty value of its type, updated with ``given``."""
+    empty = {"int": 0, "float": math.nan, "bool": False, "dict[str, float]": {}}
+    return {f.name: empty.get(str(f.type), "") for f in fields(RunResult)} | given
+
+
 def test_partial_trailing_lines_are_repaired(tmp_path):
     store = ResultStore(tmp_path)
-    row = dict.fromkeys(RUN_COLUMNS, "") | {"run_key": "a", "status": "ok",
-                                          "finished_at": "1"}
+    row = blank_row(run_key="a", status="ok", finished_at="1")
     store.append(RunResult(**row), [(1, "test", "accuracy", 0.5)])
     with open(store.runs_path, "a") as f:  # a writer killed mid-line
         f.write("b,mnist,{},ce")
@@ -131,7 +138,7 @@ def test_kill_9_then_resume_completes_exactly_once(tmp_path):
 
 def _metrics(out: Path) -> dict:
     runs = read_runs(out)
-    return {k: json.loads(m) for k, m in zip(runs["run_key"], runs["final_metrics"],
+    return {k: json.loads(m) for k, m in zip(runs["run_key"], runs["test_metrics"],
                                              strict=True)}
 
 

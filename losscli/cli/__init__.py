@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from losscli.cli import check, listing, report, sweep, train
+from losscli.cli import check, listing, recommend, report, sweep, train
 
 app = typer.Typer(
     name="losscli",
@@ -22,6 +22,7 @@ app.command("sweep")(sweep.sweep)
 app.command("check")(check.check)
 app.command("baseline")(check.baseline)
 app.command("report")(report.report)
+app.command("recommend")(recommend.recommend)
 app.add_typer(listing.app, name="list")
 
 

@@ -33,18 +33,23 @@ def _runs(run_dir: Path | None, suite: Path | None, out_dir: Path | None, device
     """The runs to judge: read from ``run_dir``, or produced by running ``suite``."""
     from losscli.cli.common import cli_device
     from losscli.cli.running import progress_factory
-    from losscli.results import read_runs
+    from losscli.results import read_run_dir
     from losscli.sweep import load_plugins, run_suite
 
     if (run_dir is None) == (suite is None):
         raise UsageError("give either a RUN_DIR or --suite SUITE.toml")
-    if suite is not None:
-        root = out_dir or Path(tempfile.mkdtemp(prefix="losscli-check-"))
-        return run_suite(suite, root, device=cli_device(device),
-                         plugins=load_plugins(plugins), progress=progress_factory(quiet)).runs
-    if not (run_dir / "runs.csv").exists() and not list(run_dir.glob("runs.*.csv")):
-        raise UsageError(f"{run_dir} holds no runs.csv")
-    return read_runs(run_dir)
+    if suite is None:
+        return read_run_dir(run_dir)
+    kwargs = {"device": cli_device(device), "plugins": load_plugins(plugins),
+              "progress": progress_factory(quiet)}
+    if out_dir is not None:
+        return run_suite(suite, out_dir, **kwargs).runs
+    with tempfile.TemporaryDirectory(prefix="losscli-check-") as tmp:  # removed afterwards
+        try:
+            return run_suite(suite, Path(tmp), **kwargs).runs
+        except KeyboardInterrupt as exc:
+            exc.root = None  # nothing to resume: the temporary directory goes
+            raise
 
 
 @handle_errors
@@ -57,10 +62,11 @@ def baseline(
     quiet: QuietOpt = False,
 ) -> None:
     """Record a baseline (mean, spread, steps to target per job variant and loss)."""
-    from losscli.check import make_baseline
+    from losscli.check import check_baseline, make_baseline
     from losscli.results import WriteError
 
     base = make_baseline(_runs(run_dir, suite, None, device, quiet, []))
+    check_baseline(base, f"a baseline of {run_dir or suite}")
     try:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         base.to_csv(out_file, index=False)
@@ -84,9 +90,11 @@ def check(
 ) -> None:
     """Compare runs with a baseline; exit 1 on a regression in quality or convergence.
 
-    Tolerance per (job variant, loss): the mean over seeds may be worse by
-    max(0.005, 1 % of the baseline mean, 3 × the baseline's seed std); steps to target may
-    grow by 25 % plus one eval interval; every seed that reached the target must still.
+    Quality per (job variant, loss): a one-sided Welch test of the current seeds against
+    the baseline's at a 1 % false-alarm rate (rows without seed spread: worse by more than
+    0.005); the table states the smallest drop each row would catch (80 % power). Steps to
+    target may grow by 25 % plus one eval interval; every seed that reached the target
+    must still.
     """
     from losscli.check import compare, read_baseline, write_junit
 
@@ -100,14 +108,15 @@ def check(
     if bad:
         err.print(f"{len(bad)} of {len(verdicts)} regressed", style="red", highlight=False)
         raise typer.Exit(EXIT_FAILED)
-    err.print(f"all {len(verdicts)} within tolerance", style="green", highlight=False)
+    err.print(f"all {len(verdicts)} ok: no regression at a 1 % false-alarm rate (each row "
+              "states the smallest drop it would catch)", style="green", highlight=False)
 
 
 def _table(verdicts, baseline_file: Path) -> Table:
     from losscli.render import fmt_num
 
     table = Table(title=f"check against {baseline_file}", title_justify="left")
-    for col in ("variant", "loss", "metric", "baseline", "current", "Δ", "tolerance",
+    for col in ("variant", "loss", "metric", "baseline", "current", "Δ", "catches ≥",
                 "steps→target", "verdict"):
         table.add_column(col, overflow="fold")
     for v in verdicts:

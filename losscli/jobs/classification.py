@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_fashion, load_mnist
+from losscli.errors import UsageError
 from losscli.jobs.base import Job, JobData, Objective, Option, Split, eval_chunks, hold_out
 from losscli.losses import Family, Pred, Target
 
-__all__ = ["DATA_OPTIONS", "FashionJob", "MnistJob", "SmallCNN"]
+__all__ = ["DATA_OPTIONS", "ClassificationJob", "FashionJob", "MnistJob", "SmallCNN"]
 
 # where the MNIST-style jobs (mnist, fashion, imbalanced, denoise) read their images
 DATA_OPTIONS = (
@@ -24,16 +25,19 @@ DATA_OPTIONS = (
 
 
 class SmallCNN(nn.Module):
-    """Two 3x3 conv blocks (conv-ReLU-maxpool) and a two-layer head: ~0.2M parameters."""
+    """Two 3x3 conv blocks (conv-ReLU-maxpool) and a two-layer head: ~0.2M parameters on
+    28 px inputs (``image_size``: the input side; the head sees ``image_size // 4``)."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
+                 image_size: int = 28):
         super().__init__()
+        side = image_size // 4
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(inplace=True),
+            nn.Flatten(), nn.Linear(2 * width * side * side, 128), nn.ReLU(inplace=True),
             nn.Linear(128, num_classes),
         )
 
@@ -41,8 +45,10 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class _ClassificationJob(Job):
-    """Shared by the MNIST-style jobs: 28x28 grey images, 10 classes, a small CNN."""
+class ClassificationJob(Job):
+    """Classification from logits ``[N, K]``: the adapter and metrics of the MNIST-style
+    jobs (28x28 grey images, 10 classes, a small CNN) and of the folder jobs (``images``,
+    ``table``), whose ``K`` comes with their data."""
 
     num_classes = 10
     model_name = "SmallCNN (2 conv + 2 fc)"
@@ -67,6 +73,9 @@ class _ClassificationJob(Job):
         # validation: a fixed stratified share of the training split (split seed 0); the
         # test split is the dataset's own, untouched
         train = Split(prep(raw.train_images), raw.train_labels)
+        if self.option("val_size") >= len(train):
+            raise UsageError(f"--val-size {self.option('val_size')} leaves no training images "
+                             f"of the {len(train)} in {raw.source}; lower it")
         tr, va = hold_out(len(train), self.option("val_size"), 0, raw.train_labels)
         data = JobData(train.subset(tr), train.subset(va),
                        Split(prep(raw.test_images), raw.test_labels), raw.source)
@@ -98,7 +107,7 @@ class _ClassificationJob(Job):
         )
 
         logits = torch.cat([model(x).float() for x in eval_chunks(split.x)])
-        y, k = split.y, self.num_classes
+        y, k = split.y, logits.shape[1]  # a folder job's classes come with its data
         values = torch.stack([
             multiclass_accuracy(logits, y, num_classes=k, average="micro"),
             multiclass_f1_score(logits, y, num_classes=k, average="macro"),
@@ -112,7 +121,7 @@ class _ClassificationJob(Job):
         return torch.randn(4, self.num_classes), torch.arange(4) % self.num_classes
 
 
-class MnistJob(_ClassificationJob):
+class MnistJob(ClassificationJob):
     name = "mnist"
     description = ("MNIST digits; offline default: the embedded real 5k subset (3,500 train / "
                    "500 val / 1,000 test)")
@@ -125,7 +134,7 @@ class MnistJob(_ClassificationJob):
         return load_mnist(Path(data_dir) if data_dir else None, self.option("download"))
 
 
-class FashionJob(_ClassificationJob):
+class FashionJob(ClassificationJob):
     name = "fashion"
     aliases = ("fashion_mnist", "fashion-mnist")
     description = ("Fashion-MNIST 55k train / 5k val / 10k test; offline: Debian's "
