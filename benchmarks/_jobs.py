@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from torch import Tensor
+
+from losscli.engine import Batches
 from losscli.jobs import Job, JobData, create_job
-from losscli.sweep import job_data
+from losscli.settings import Settings
 
 
 def jobs_with_data(names: str, device: str) -> Iterator[tuple[Job, JobData]]:
@@ -15,8 +18,19 @@ def jobs_with_data(names: str, device: str) -> Iterator[tuple[Job, JobData]]:
     for name in names.split(","):
         try:
             job = create_job(name)
-            data = job_data(job, device)
+            data = job.load_data().to(device)
         except Exception as exc:
             print(f"{name:<11}skipped: {exc}")
             continue
         yield job, data
+
+
+def job_settings(job: Job, data: JobData, device: str, **given) -> Settings:
+    """The job's budget (its task file) with ``given`` on top, resolved for ``data``."""
+    return job.settings(data, Settings(device=device, **given))
+
+
+def train_tensors(data: JobData) -> tuple[Tensor, Tensor]:
+    """The training inputs and targets, found where the engine's batches take them."""
+    batches = Batches(data, 1, seed=0)
+    return batches.x, batches.y

@@ -28,28 +28,19 @@ import time
 from pathlib import Path
 
 import torch
-from _jobs import jobs_with_data
+from _jobs import job_settings, jobs_with_data, train_tensors
 
-from losscli.engine import (
-    TrainConfig,
-    _sync,
-    make_optimizer,
-    prepare_model,
-    resolve_device,
-    run_one,
-)
+from losscli.engine import make_optimizer, prepare_model, resolve_device, run_one, sync
 from losscli.jobs import job_names
 from losscli.losses import create_loss
 
 WARMUP = 5
 
 
-def _cfg(job, steps: int, device: str) -> TrainConfig:
-    b = job.task.budget
+def _cfg(job, data, steps: int, device: str):
     # one eval at the end only: evals are excluded from every timing anyway
-    return TrainConfig(steps=steps + WARMUP, batch_size=b.batch_size, lr=b.lr,
-                       optimizer=b.optimizer, eval_every=steps + WARMUP, warmup_steps=WARMUP,
-                       device=device)
+    return job_settings(job, data, device, steps=steps + WARMUP, eval_every=steps + WARMUP,
+                        warmup_steps=WARMUP)
 
 
 def bench_losscli(job, data, loss, cfg) -> float:
@@ -62,25 +53,26 @@ def bench_losscli(job, data, loss, cfg) -> float:
 def bench_minimal(job, data, loss, cfg) -> float:
     torch.manual_seed(0)
     device = torch.device(cfg.device)
-    model = prepare_model(job.build_model(), device)
+    model = prepare_model(job.build_model(data), device)
     opt = make_optimizer(cfg, model.parameters())
     objective = job.bind(loss)
     gen = torch.Generator(device=device).manual_seed(0)
-    n, bs = data.n_train, cfg.batch_size
+    (train_x, train_y), bs = train_tensors(data), cfg.batch_size
+    n = len(train_x)
     perm, pos = torch.randperm(n, device=device, generator=gen), 0
     for step in range(cfg.steps):
         if step == WARMUP:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
         if pos + bs > n:
             perm, pos = torch.randperm(n, device=device, generator=gen), 0
         idx = perm[pos:pos + bs]
         pos += bs
-        value = objective(model(data.train_x[idx]), data.train_y[idx])
+        value = objective(model(train_x[idx]), train_y[idx])
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
-    _sync(device)
+    sync(device)
     return (cfg.steps - WARMUP) * bs / (time.perf_counter() - t0)
 
 
@@ -89,10 +81,10 @@ def bench_script(job, data, loss, cfg) -> float:
 
     torch.manual_seed(0)
     device = torch.device(cfg.device)
-    model = job.build_model().to(device)
+    model = job.build_model(data).to(device)
     opt = make_optimizer(cfg, model.parameters())
     objective = job.bind(loss)
-    cpu = (data.train_x.cpu(), data.train_y.cpu())
+    cpu = tuple(t.cpu() for t in train_tensors(data))
     loader = DataLoader(TensorDataset(*cpu), batch_size=cfg.batch_size, shuffle=True,
                         drop_last=True)
     step, t0 = 0, None
@@ -137,7 +129,7 @@ def main() -> None:
     for job, data in jobs_with_data(args.jobs, device):
         name = job.name
         loss = create_loss(job.task.losses[0])
-        cfg = _cfg(job, args.steps, device)
+        cfg = _cfg(job, data, args.steps, device)
         runs: dict[str, list[float]] = {"losscli": [], "minimal": [], "script": []}
         for _ in range(args.repeats):
             for label, fn in (("losscli", bench_losscli), ("minimal", bench_minimal),

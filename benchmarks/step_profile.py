@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _jobs import jobs_with_data
+from _jobs import job_settings, jobs_with_data
 
-from losscli.engine import TrainConfig, resolve_device
+from losscli.engine import resolve_device
 from losscli.jobs import job_names
 from losscli.losses import create_loss
 from losscli.profiling import profile_steps
@@ -39,9 +39,7 @@ def main() -> None:
     for job, data in jobs_with_data(args.jobs, device):
         name = job.name
         loss = create_loss(args.loss or job.task.losses[0])
-        b = job.task.budget
-        cfg = TrainConfig(steps=args.steps, batch_size=b.batch_size, lr=b.lr,
-                          optimizer=b.optimizer, device=device)
+        cfg = job_settings(job, data, device, steps=args.steps)
         p = profile_steps(job, data, loss, cfg, steps=args.steps, top=args.top)
         syncs = ", ".join(f"{k} x{v}" for k, v in p.syncs.items()) or "none"
         print(f"\n{name} ({loss.spec}): {p.ms_per_step:.1f} ms/step, operators "
