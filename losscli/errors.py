@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["UsageError", "UnknownNameError", "close_matches"]
+__all__ = ["Interrupted", "UsageError", "UnknownNameError", "close_matches"]
 
 
 class UsageError(ValueError):
@@ -29,3 +29,12 @@ class UnknownNameError(UsageError):
         elif len(choices) <= 40:
             msg += "; choose from: " + ", ".join(choices)
         super().__init__(msg)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT (Ctrl-C) or SIGTERM; ``root`` is the run directory whose
+    finished runs are kept (None before anything was written). The CLI exits 128 + signal."""
+
+    def __init__(self, signum: int = 2, root: object = None):
+        super().__init__(signum)
+        self.signum, self.root = int(signum), root

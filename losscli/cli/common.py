@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Annotated, Any, TypeVar
 
@@ -70,7 +73,8 @@ def cli_device(device: Device) -> str:
 
 
 def handle_errors(fn: F) -> F:
-    """Usage errors exit 2 with the message (no traceback); write errors exit 1."""
+    """Usage errors exit 2 with the message (no traceback); write errors exit 1; SIGINT
+    and SIGTERM exit 130 and 143 with one line saying how to resume."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -78,12 +82,45 @@ def handle_errors(fn: F) -> F:
         from losscli.results import WriteError
 
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_interrupts():
+                return fn(*args, **kwargs)
         except UsageError as exc:
             err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except WriteError as exc:
             err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_FAILED) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(_interrupted(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Say what an interrupt kept and how to resume; the exit code (128 + signal)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    root = getattr(exc, "root", None)
+    kept = (f"; finished runs are kept in {root}: to resume, run the same command with "
+            f"--out {root}") if root else ""
+    err.print(f"interrupted ({signal.Signals(signum).name}){kept}", style="yellow",
+              highlight=False, markup=False, soft_wrap=True)
+    return 128 + signum
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``Interrupted`` (like Ctrl-C's KeyboardInterrupt) while a command runs,
+    so it ends the same way: rows kept, workers stopped, exit 143."""
+    from losscli.errors import Interrupted
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

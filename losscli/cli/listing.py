@@ -34,7 +34,7 @@ def list_losses_cmd(
     for p in plugin or []:
         load_plugin(p)
     load_entry_point_plugins()
-    job = create_job(task) if task else None
+    job = create_job(task) if task is not None else None
     infos = [i for i in list_losses() if job is None or job.incompatibility(i) is None]
     table = Table(title=f"losses{f' that apply to {job.name}' if job else ''} ({len(infos)})",
                   title_justify="left")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from losscli.cli.common import err, handle_errors
-from losscli.errors import UsageError
 
 
 @handle_errors
@@ -26,14 +24,17 @@ def report(
     ranking with 95 % CIs and significance against the best loss, convergence curves,
     costs, quality vs time, and for paper suites a verdict per published finding."""
     from losscli.report import build_report
+    from losscli.results import WriteError, read_meta, read_run_dir
     from losscli.suite import load_suite
 
-    if not any(run_dir.glob("runs*.csv")):
-        raise UsageError(f"{run_dir} holds no runs.csv")
-    meta_path = run_dir / "meta.json"
-    if suite is None and meta_path.exists():
-        recorded = json.loads(meta_path.read_text()).get("suite")
-        suite = Path(recorded) if recorded and Path(recorded).exists() else None
+    read_run_dir(run_dir)  # a usage error when it holds no runs or they do not parse
+    if suite is None:
+        recorded = read_meta(run_dir).get("suite")
+        suite = Path(recorded) if isinstance(recorded, str) and Path(recorded).is_file() \
+            else None
     findings = load_suite(suite).findings if suite else ()
-    md, page = build_report(run_dir, out_dir, findings)
+    try:
+        md, page = build_report(run_dir, out_dir, findings)
+    except OSError as exc:  # the readers' problems are usage errors; this is the writing
+        raise WriteError(out_dir or run_dir / "report", exc.strerror or str(exc)) from None
     err.print(f"report: {md}\n        {page}", highlight=False)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from losscli.errors import UsageError
+from losscli.files import clip
 
 __all__ = ["NOISES", "RegressionData", "load_csv_regression", "make_regression"]
 
@@ -170,19 +171,41 @@ def load_csv_regression(
                           test[:, :-1].contiguous(), test[:, -1].contiguous(), outlier, source)
 
 
+MAX_CSV_BYTES = 256 << 20
+
+
+def _refuse_infinite(used, path: Path) -> None:
+    """An infinite cell is no missing value: refused (training on it makes every loss
+    diverge, blaming the loss for the data)."""
+    import numpy as np
+
+    infinite = ~np.isfinite(used.to_numpy(dtype="float64"))
+    if infinite.any():
+        row, col = np.argwhere(infinite)[0]
+        line = used.index[row]
+        raise UsageError(f"--csv {path}: column {clip(str(used.columns[col]))!r} is infinite in "
+                         f"row {line + 1} (file line {line + 2}); fix or remove that row")
+
+
 def _read_table(path: Path, target_column: str) -> tuple[Tensor, str]:
     """The numeric feature columns then the target, complete rows only, and a note on them."""
     import pandas as pd
 
     if not path.is_file():
         raise UsageError(f"--csv {path}: no such file")
+    if path.stat().st_size > MAX_CSV_BYTES:  # 1 GB took minutes and 8 GB of memory
+        raise UsageError(f"--csv {path}: {path.stat().st_size:,} bytes; at most "
+                         f"{MAX_CSV_BYTES:,} are read (a sample of the table is enough)")
     try:
         table = pd.read_csv(path)
     except (ValueError, OSError) as exc:  # pandas' ParserError/EmptyDataError are ValueErrors
-        raise UsageError(f"--csv {path}: cannot read it as CSV ({exc})") from None
+        raise UsageError(f"--csv {path}: cannot read it as CSV ({clip(str(exc), 200)})") \
+            from None
     if target_column not in table.columns:
-        raise UsageError(f"--target {target_column!r} is not a column of {path}; columns: "
-                         + ", ".join(map(str, table.columns)))
+        names = [clip(str(c), 40) for c in table.columns]
+        raise UsageError(f"--target {clip(target_column)!r} is not a column of {path}; "
+                         f"columns: {', '.join(names[:20])}"
+                         + (f" and {len(names) - 20} more" if len(names) > 20 else ""))
     numeric = table.select_dtypes("number").columns
     if target_column not in numeric:
         raise UsageError(f"--target {target_column!r} in {path} is not numeric "
@@ -191,6 +214,7 @@ def _read_table(path: Path, target_column: str) -> tuple[Tensor, str]:
     if not feats:
         raise UsageError(f"--csv {path}: no numeric feature column besides {target_column!r}")
     used = table[feats + [target_column]].dropna()
+    _refuse_infinite(used, path)
     if len(used) < 10:
         raise UsageError(f"--csv {path}: {len(used)} complete rows; at least 10 are needed")
     skipped = [str(c) for c in table.columns if c not in numeric]
