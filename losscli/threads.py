@@ -14,8 +14,8 @@ What was measured and chosen (2-core VM, torch 2.14.1):
   many short regions). The issue's budget for the idle cost is 3 %.
 * One thread cures it too; on an idle machine it is 5 % faster on reg and 38 % slower on
   mnist. So the thread count has to follow the load: :class:`ThreadGovernor` gives torch
-  the CPUs that other processes leave free, checked twice a second from the training
-  loop. On an idle machine it leaves torch's defaults alone.
+  the CPUs that other processes leave free, looked at when each run starts
+  (:func:`govern_torch_threads`). On an idle machine it leaves torch's defaults alone.
 
 ``KMP_BLOCKTIME`` is Intel OpenMP's knob; libgomp does not read it. torch already keeps
 its threads within the process's CPU affinity, but not within a cgroup CPU quota
@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,16 +51,28 @@ def note_start() -> None:
     _START = _sample(PROC_STAT, _affinity())
 
 
-def govern_torch_threads(interval: float = 0.5) -> ThreadGovernor | None:
-    """Install a :class:`ThreadGovernor` that runs after every optimizer step of this
-    process, and apply its first count now; installed once (later calls return it). None,
-    and nothing installed, when the user fixed the count with ``OMP_NUM_THREADS``."""
+def govern_torch_threads(interval: float = 0.25) -> ThreadGovernor | None:
+    """Let a :class:`ThreadGovernor` set torch's thread count at the first optimizer step
+    of every run (a run = a new optimizer) in this process, and once now. Installed once:
+    later calls return the same governor. None, and nothing installed, when the user fixed
+    the count with ``OMP_NUM_THREADS``.
+
+    Not during a run: on CPU the thread count changes float rounding, so a run trains at
+    one count, which its ``threads`` column records; a load that starts mid-run is met at
+    the next run."""
     global _GOVERNOR
     if _GOVERNOR is None and "OMP_NUM_THREADS" not in os.environ:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
 
         governor = ThreadGovernor(interval=interval, start=_START)
-        register_optimizer_step_post_hook(lambda optimizer, args, kwargs: governor())
+        last: list[weakref.ref] = []
+
+        def at_new_optimizer(optimizer, args, kwargs) -> None:
+            if not last or last[0]() is not optimizer:  # otherwise well under a µs per step
+                last[:] = [weakref.ref(optimizer)]
+                governor()
+
+        register_optimizer_step_pre_hook(at_new_optimizer)
         governor()
         _GOVERNOR = governor
     return _GOVERNOR
@@ -69,17 +82,18 @@ class ThreadGovernor:
     """Keeps torch's CPU threads off the cores other processes hold, and gives them back
     when those processes stop.
 
-    Call it often from the thread that runs torch (each training step: one clock read).
-    At most every ``interval`` seconds it reads how much CPU time the process's CPUs spent
-    busy (``/proc/stat``) and subtracts the process's own (``time.process_time``, all its
-    threads): the rest is other processes. torch then gets the CPUs they left, rounded, at
-    least 1 and at most ``max_threads``. With one competing process per core that is one
-    thread, so no OpenMP worker waits for a core. Without ``/proc/stat`` it does nothing.
+    Call it from the thread that runs torch, e.g. when a run starts. If ``interval``
+    seconds have passed since its last look, it reads how much CPU time the process's
+    CPUs spent busy since then (``/proc/stat``) and subtracts the process's own
+    (``time.process_time``, all its threads): the rest is other processes. torch then
+    gets the CPUs they left, rounded, at least 1 and at most ``max_threads``. With one
+    competing process per core that is one thread, so no OpenMP worker waits for a core.
+    Without ``/proc/stat`` it does nothing.
 
     Args:
         max_threads: the count when the CPUs are free (default: torch's at the first
             look, capped at :func:`available_cpus`).
-        interval: seconds between looks at the machine.
+        interval: the shortest time between looks at the machine.
         set_threads: what applies a count (default ``torch.set_num_threads``).
         start: an earlier sample to measure the first look from (:func:`note_start`).
     """

@@ -117,27 +117,41 @@ def test_governor_without_proc_stat_does_nothing(tmp_path) -> None:
 
 
 @pytest.fixture
-def hooks(monkeypatch) -> list:
-    """govern_torch_threads() installs into this list instead of torch's global hooks."""
+def hooks(monkeypatch) -> tuple[list, list]:
+    """(the hooks govern_torch_threads() installs, instead of into torch's global ones;
+    one entry per look the governor takes at the machine)."""
     import torch.optim.optimizer as optim
 
     installed: list = []
-    monkeypatch.setattr(optim, "register_optimizer_step_post_hook", installed.append)
+    looks: list[int] = []
+    monkeypatch.setattr(optim, "register_optimizer_step_pre_hook", installed.append)
     monkeypatch.setattr(threads, "_GOVERNOR", None)
-    monkeypatch.setattr(threads.ThreadGovernor, "_apply", lambda self, free: None)
-    return installed
+    monkeypatch.setattr(threads.ThreadGovernor, "__call__", lambda self: looks.append(1))
+    return installed, looks
 
 
 def test_govern_keeps_a_user_thread_count(hooks, monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert threads.govern_torch_threads() is None and hooks == []
+    assert threads.govern_torch_threads() is None and hooks == ([], [])
 
 
-def test_govern_installs_one_optimizer_hook(hooks, monkeypatch) -> None:
+def test_govern_looks_when_each_run_starts(hooks, monkeypatch) -> None:
+    """Once when installed, then at the first step of each new optimizer (a run): the
+    thread count never changes in the middle of a run."""
+    import torch
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    installed, looks = hooks
     gov = threads.govern_torch_threads()
-    assert isinstance(gov, threads.ThreadGovernor)
-    assert threads.govern_torch_threads() is gov and len(hooks) == 1
+    assert isinstance(gov, threads.ThreadGovernor) and len(installed) == 1
+    assert threads.govern_torch_threads() is gov and len(installed) == 1  # installed once
+    hook = installed[0]
+    assert looks == [1]
+    run1 = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    run2 = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for opt in (run1, run1, run1, run2, run2):
+        hook(opt, (), {})
+    assert len(looks) == 3
 
 
 def test_governor_caps_torch_at_the_available_cpus(machine, monkeypatch) -> None:
