@@ -23,8 +23,9 @@ from losscli.errors import UsageError
 from losscli.files import parse_table, read_json_object, read_text
 
 __all__ = ["HISTORY_COLUMNS", "RUN_COLUMNS", "ResultStore", "RunResult", "WriteError",
-           "best_value", "curve_auc", "read_history", "read_meta", "read_run_dir", "read_runs",
-           "seed_stats", "steps_to_target", "summarize", "variant_label", "with_variant"]
+           "best_value", "curve_auc", "per_run", "read_history", "read_meta", "read_run_dir",
+           "read_runs", "seed_stats", "steps_to_target", "still_improving", "summarize",
+           "unconverged", "variant_label", "with_convergence", "with_variant"]
 
 
 @dataclass(frozen=True)
@@ -446,3 +447,81 @@ def _summary_row(variant: str, g) -> dict[str, Any]:
     for name in metrics.columns:
         row[f"{name}_mean"] = metrics[name].mean()
     return row
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+def still_improving(values: list[float], maximize: bool, last: int = 3,
+                    rel: float = 1e-3) -> bool:
+    """Whether each of the last ``last`` evals beat the one before it by more than ``rel``
+    of its size: a curve still rising at the end of its budget, whose ranking more steps
+    may change (False with fewer than ``last + 1`` evals; NaN never improves)."""
+    if len(values) < last + 1:
+        return False
+    tail, sign = values[-(last + 1):], 1 if maximize else -1
+    return all(sign * (b - a) > rel * max(abs(a), 1e-12)
+               for a, b in zip(tail, tail[1:], strict=False))
+
+
+def unconverged(runs, history) -> set[str]:
+    """Run keys of finished ``ok`` runs whose primary-metric eval curve (validation when
+    recorded, else test; step 0 included) was still improving at its last evals."""
+    ok = runs[runs["status"] == "ok"]
+    if not len(ok) or not len(history):
+        return set()
+    direction = dict(zip(ok["run_key"], ok["maximize"].map(_truthy), strict=True))
+    metric = dict(zip(ok["run_key"], ok["primary_metric"], strict=True))
+    evals = history[history["split"] != "train"]
+    evals = evals[evals["metric"] == evals["run_key"].map(metric)]
+    keys = set()
+    for key, curve in evals.groupby("run_key", sort=False):
+        split = "val" if (curve["split"] == "val").any() else "test"
+        values = curve[curve["split"] == split].sort_values("step")["value"].astype(float)
+        if still_improving(values.tolist(), direction[key]):
+            keys.add(key)
+    return keys
+
+
+def with_convergence(summary, runs, history):
+    """``summary`` plus ``converged``: False where a seed's curve was still improving at
+    the end of training (``unconverged``)."""
+    if not len(summary):
+        return summary
+    still = unconverged(runs, history)
+    flagged = {(v, k) for (v, k), g in groups(runs) if still & set(g["run_key"])}
+    return summary.assign(converged=[(v, k) not in flagged for v, k in
+                                     zip(summary["variant"], summary["loss_key"], strict=True)])
+
+
+def per_run(runs, history=None):
+    """One row per compared run, for ``--per-seed``: the variant, the primary metric on test
+    (``final``) and validation (last and best), steps to target, cost, status, every test
+    metric, and ``converged`` when ``history`` is given. Ordered by variant, then loss and
+    seed as in ``runs``."""
+    import pandas as pd
+
+    runs = compared(runs)
+    if not len(runs):
+        return pd.DataFrame()
+    df = with_variant(runs)
+    still = unconverged(runs, history) if history is not None else None
+    rows = []
+    for _, r in df.iterrows():
+        row = {"job": r["job"], "variant": r["variant"], "loss": r["loss"], "seed": r["seed"],
+               "status": r["status"], "primary_metric": r["primary_metric"],
+               "final": r["test_final"], "val": r["val_final"], "best": r["val_best"],
+               "steps_to_target": r["steps_to_target"], "curve_auc": r["curve_auc"],
+               "final_train_loss": r["final_train_loss"], "train_seconds": r["train_seconds"],
+               "samples_per_s": r["samples_per_s"], "loss_ms_per_step": r["loss_ms_per_step"]}
+        if still is not None:
+            row["converged"] = r["run_key"] not in still if r["status"] == "ok" else None
+        metrics = r["test_metrics"]
+        row |= json.loads(metrics) if isinstance(metrics, str) and metrics else {}
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    first_seen = {c: {v: i for i, v in enumerate(dict.fromkeys(out[c]))}
+                  for c in ("variant", "loss")}
+    return out.sort_values(["variant", "loss", "seed"], kind="stable",
+                           key=lambda s: s.map(first_seen[s.name]) if s.name in first_seen
+                           else s).reset_index(drop=True)

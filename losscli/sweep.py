@@ -99,16 +99,25 @@ class Plan:
 
 
 class Progress(Protocol):
-    """What the caller is told while a plan executes (the CLI draws bars from it)."""
+    """What the caller is told while a plan is made and executes (the CLI draws from it).
 
-    def start(self, spec: RunSpec) -> None: ...
-    def step(self, step: int) -> None: ...
+    ``phase``: work before training (plan checks, calibration, starting workers); ``plan``:
+    the runs left to train and how many this process has in all; ``start``: runs that train
+    now (several seeds when stacked); ``step``: their latest step (``key``: the first run's
+    key, given when several train at once, as in a worker pool); ``done``: a finished run."""
+
+    def phase(self, text: str) -> None: ...
+    def plan(self, todo: Sequence[RunSpec], total: int) -> None: ...
+    def start(self, specs: Sequence[RunSpec]) -> None: ...
+    def step(self, step: int, key: str | None = None) -> None: ...
     def done(self, spec: RunSpec, result: RunResult) -> None: ...
 
 
 class _Silent:
-    def start(self, spec: RunSpec) -> None: ...
-    def step(self, step: int) -> None: ...
+    def phase(self, text: str) -> None: ...
+    def plan(self, todo: Sequence[RunSpec], total: int) -> None: ...
+    def start(self, specs: Sequence[RunSpec]) -> None: ...
+    def step(self, step: int, key: str | None = None) -> None: ...
     def done(self, spec: RunSpec, result: RunResult) -> None: ...
 
 
@@ -290,12 +299,16 @@ def shard(runs: list[RunSpec], rank: int, world_size: int) -> list[RunSpec]:
     return runs[rank::world_size]
 
 
-def _stack(plan: Plan, group: list[RunSpec], data: JobData, vectorise: str) -> bool:
+def _stack(plan: Plan, group: list[RunSpec], data: JobData, vectorise: str,
+           progress: Progress) -> bool:
     """Whether the seeds of ``group`` train as one vmapped model (see ``vectorised``)."""
     if len(group) < 2 or vectorise == "never":
         return False
     first = group[0]
-    return vectorise == "always" or plan.calibration.choose(
+    if vectorise == "always":
+        return True
+    progress.phase(f"calibrating {first.job.name}: stack {len(group)} seeds?")
+    return plan.calibration.choose(
         first.job, data, first.loss, first.cfg, [s.seed for s in group])
 
 
@@ -306,15 +319,15 @@ def _run_group(plan: Plan, group: list[RunSpec], store: ResultStore, vectorise: 
     finishes)."""
     first = group[0]
     data = plan.data[first.job.data_key]
-    if _stack(plan, group, data, vectorise):
-        progress.start(first)
+    if _stack(plan, group, data, vectorise, progress):
+        progress.start(group)
         outs = run_seeds(first.job, data, first.loss, first.cfg, [s.seed for s in group],
                          vectorised=True, on_step=progress.step)
         for spec, out in zip(group, outs, strict=True):
             _write(store, progress, spec, result_of(spec, data, out, len(group)), out)
         return
     for spec in group:
-        progress.start(spec)
+        progress.start([spec])
         out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, progress.step)
         _write(store, progress, spec, result_of(spec, data, out), out)
 
@@ -348,14 +361,25 @@ def _init_worker(threads: int, plugins: Sequence[str]) -> None:
     load_plugins(plugins)
 
 
-def run_spec(spec: RunSpec) -> tuple[RunResult, list]:
+def run_spec(spec: RunSpec, on_step: Callable[[int], None] | None = None
+             ) -> tuple[RunResult, list]:
     """One run → its row and history rows (what a pool worker does)."""
     key = (spec.job.data_key, spec.cfg.device)
     if key not in _WORKER_DATA:
         _WORKER_DATA[key] = spec.job.load_data().to(spec.cfg.device)
     data = _WORKER_DATA[key]
-    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed)
+    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, on_step)
     return result_of(spec, data, out), history_of(out)
+
+
+def _step_messages(conn: Any, spec: RunSpec) -> Callable[[int], None]:
+    """A pool worker's ``on_step``: ``("step", n)`` to the parent about 100 times a run."""
+    every = max(1, spec.cfg.steps // 100)
+
+    def report(step: int) -> None:
+        if step % every == 0 or step == spec.cfg.steps:
+            conn.send(("step", step))
+    return report
 
 
 class _Worker:
@@ -376,12 +400,16 @@ class _Worker:
         except OSError:  # it died while idle: reply() reports it
             pass
 
-    def reply(self) -> tuple[str, Any] | None:
+    def reply(self, progress: Progress) -> tuple[str, Any] | None:
         """``("ok", (row, history))``, ``("error", why)`` when the run raised, ``("died",
-        why)`` when the process died, or None while it trains."""
+        why)`` when the process died, or None while it trains (its steps go to
+        ``progress``)."""
         try:
-            if self.conn.poll():
-                return self.conn.recv()
+            while self.conn.poll():
+                message = self.conn.recv()
+                if message[0] != "step":
+                    return message
+                progress.step(message[1], self.spec.key if self.spec else None)
         except (EOFError, OSError):
             pass
         else:
@@ -429,7 +457,8 @@ def _worker_main(conn: Any, threads: int, plugins: tuple[str, ...], parent: int)
         except (EOFError, OSError):
             return
         try:
-            reply = ("error", broken) if broken else ("ok", run_spec(spec))
+            reply = ("error", broken) if broken else \
+                ("ok", run_spec(spec, _step_messages(conn, spec)))
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}")
         conn.send(reply)
@@ -447,17 +476,18 @@ def _execute_pool(plan: Plan, todo: list[RunSpec], store: ResultStore, workers: 
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
     queue = list(todo)
+    progress.phase(f"starting {workers} worker processes (each loads torch and its data)")
     pool = [_Worker(ctx, threads, tuple(plugins)) for _ in range(min(workers, len(todo)))]
     try:
         while queue or any(w.spec for w in pool):
             for w in pool:
                 if w.spec is None and queue:
-                    progress.start(queue[0])
+                    progress.start(queue[:1])
                     w.give(queue.pop(0))
             busy = [w for w in pool if w.spec is not None]
             wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
             for i, w in enumerate(pool):
-                reply = w.reply() if w.spec is not None else None
+                reply = w.reply(progress) if w.spec is not None else None
                 if reply is None:
                     continue
                 _pool_result(plan, store, progress, w.spec, reply)
@@ -550,7 +580,7 @@ def _trial(plan, store, first, number, params, ask_prune, stored, history, progr
         row = stored.loc[spec.key]
         return tuning.Trial(curve, row["status"], float(row["val_final"]))
     data = plan.data[first.job.data_key]
-    progress.start(spec)
+    progress.start([spec])
     out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, progress.step, ask_prune)
     curve = [(s, m[name]) for s, m in out.evals]
     result = result_of(spec, data, out, rung=tuning.rung_of(curve, spec.cfg.steps))
@@ -570,28 +600,31 @@ class SweepResult:
 
 def run(requests: Sequence[JobRequest], root: Path, *, device: str = "cpu",
         bf16: bool = False, workers: int = 1, plugins: Sequence[str] = (),
-        vectorise: str = "auto", progress: Callable[[int, int], Any] | None = None,
+        vectorise: str = "auto", progress: Callable[[], Any] | None = None,
         meta: dict[str, Any] | None = None) -> SweepResult | None:
     """Plan, resume and execute; on rank 0 return the plan, its runs and the run directory.
 
-    ``progress(total, already_done)`` makes a context manager that yields a ``Progress``.
+    ``progress()`` makes a context manager that yields a ``Progress``: it is told of the
+    plan checks first, then of tuning trials and runs.
     Under torchrun each rank runs its share and writes its own shard; ranks other than 0
     return None.
     """
     rank, world, device = _distributed(device)
-    plan = make_plan(requests, device, bf16)
-    store = ResultStore(root, shard=f"rank{rank}" if world > 1 else None)
-    if any(r.tune is not None for r in plan.runs):
-        if world > 1:
-            raise UsageError("tuning runs in one process (use a plain sweep under torchrun)")
-        plan = tune_plan(plan, store)
-    mine = shard(plan.runs, rank, world)
-    with store.locked(), _resumable(store.root):  # one writer per file; Ctrl-C names root
-        done = store.finished_keys()
-        if rank == 0:
-            store.write_meta(run_meta(plan, device, world_size=world, workers=workers,
-                                      **(meta or {})))
-        with (progress or _no_progress)(len(mine), sum(r.key in done for r in mine)) as bars:
+    with (progress or _no_progress)() as bars:
+        bars.phase("checking the plan, loading data")
+        plan = make_plan(requests, device, bf16)
+        store = ResultStore(root, shard=f"rank{rank}" if world > 1 else None)
+        if any(r.tune is not None for r in plan.runs):
+            if world > 1:
+                raise UsageError("tuning runs in one process (use a plain sweep under torchrun)")
+            plan = tune_plan(plan, store, bars)
+        mine = shard(plan.runs, rank, world)
+        with store.locked(), _resumable(store.root):  # one writer per file; Ctrl-C names root
+            done = store.finished_keys()
+            if rank == 0:
+                store.write_meta(run_meta(plan, device, world_size=world, workers=workers,
+                                          **(meta or {})))
+            bars.plan([r for r in mine if r.key not in done], len(mine))
             execute(plan, store, runs=mine, workers=workers, plugins=plugins,
                     vectorise=vectorise, progress=bars)
     _barrier(world)
@@ -622,9 +655,6 @@ def run_suite(suite_file: Path, out_dir: Path | None = None, **kwargs: Any
 
 
 class _no_progress:  # noqa: N801  (used like a function that makes a context manager)
-    def __init__(self, total: int, done: int):
-        pass
-
     def __enter__(self) -> Progress:
         return _Silent()
 

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from losscli.cli.common import (
     EXIT_FAILED,
@@ -20,21 +18,25 @@ from losscli.cli.common import (
     handle_errors,
     out,
 )
+from losscli.cli.running import ThreadsOpt
 from losscli.errors import UsageError
 
 RunDir = Annotated[Path | None, typer.Argument(
-    help="A run directory to read (instead of running --suite).", show_default=False)]
+    metavar="RUN_DIR", help="A run directory to read (instead of running --suite).",
+    show_default=False)]
 SuiteOpt = Annotated[Path | None, typer.Option(
     "--suite", help="Run this suite first (e.g. tasks/ci.toml).")]
 
 
 def _runs(run_dir: Path | None, suite: Path | None, out_dir: Path | None, device: Device,
-          quiet: bool, plugins: list[str]):
+          quiet: bool, plugins: list[str], threads: int | None = None):
     """The runs to judge: read from ``run_dir``, or produced by running ``suite``."""
     from losscli.cli.common import cli_device
-    from losscli.cli.running import progress_factory
+    from losscli.cli.running import cpu_threads, loading, progress_factory
     from losscli.results import read_run_dir
-    from losscli.sweep import load_plugins, run_suite
+
+    with loading(quiet):
+        from losscli.sweep import load_plugins, run_suite
 
     if (run_dir is None) == (suite is None):
         raise UsageError("give either a RUN_DIR or --suite SUITE.toml")
@@ -43,9 +45,10 @@ def _runs(run_dir: Path | None, suite: Path | None, out_dir: Path | None, device
     kwargs = {"device": cli_device(device), "plugins": load_plugins(plugins),
               "progress": progress_factory(quiet)}
     if out_dir is not None:
-        return run_suite(suite, out_dir, **kwargs).runs
-    with tempfile.TemporaryDirectory(prefix="losscli-check-") as tmp:  # removed afterwards
-        try:
+        with cpu_threads(threads):
+            return run_suite(suite, out_dir, **kwargs).runs
+    with tempfile.TemporaryDirectory(prefix="losscli-check-") as tmp, cpu_threads(threads):
+        try:  # the temporary directory is removed afterwards
             return run_suite(suite, Path(tmp), **kwargs).runs
         except KeyboardInterrupt as exc:
             exc.root = None  # nothing to resume: the temporary directory goes
@@ -59,13 +62,14 @@ def baseline(
     out_file: Annotated[Path, typer.Option("--out", help="Baseline CSV to write.")] =
         Path("results/baseline.csv"),
     device: DeviceOpt = Device.cpu,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Record a baseline (mean, spread, steps to target per job variant and loss)."""
     from losscli.check import check_baseline, make_baseline
     from losscli.results import WriteError
 
-    base = make_baseline(_runs(run_dir, suite, None, device, quiet, []))
+    base = make_baseline(_runs(run_dir, suite, None, device, quiet, [], threads))
     check_baseline(base, f"a baseline of {run_dir or suite}")
     try:
         out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +90,7 @@ def check(
         "--out", help="Run directory for --suite (default: a fresh temporary one).")] = None,
     device: DeviceOpt = Device.cpu,
     plugin: PluginOpt = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Compare runs with a baseline; exit 1 on a regression in quality or convergence.
@@ -97,11 +102,13 @@ def check(
     must still.
     """
     from losscli.check import compare, read_baseline, write_junit
+    from losscli.render import verdict_views
 
     base = read_baseline(baseline_file)
-    runs = _runs(run_dir, suite, out_dir, device, quiet, plugin or [])
+    runs = _runs(run_dir, suite, out_dir, device, quiet, plugin or [], threads)
     verdicts = compare(runs, base)
-    out.print(_table(verdicts, baseline_file))
+    for view in verdict_views(verdicts, f"check against {baseline_file}"):
+        out.print(view, crop=False)
     if junit:
         write_junit(verdicts, junit)
     bad = [v for v in verdicts if not v.ok]
@@ -111,20 +118,3 @@ def check(
     err.print(f"all {len(verdicts)} ok: no regression at a 1 % false-alarm rate (each row "
               "states the smallest drop it would catch)", style="green", highlight=False)
 
-
-def _table(verdicts, baseline_file: Path) -> Table:
-    from losscli.render import fmt_num
-
-    table = Table(title=f"check against {baseline_file}", title_justify="left")
-    for col in ("variant", "loss", "metric", "baseline", "current", "Δ", "catches ≥",
-                "steps→target", "verdict"):
-        table.add_column(col, overflow="fold")
-    for v in verdicts:
-        verdict = Text("ok", style="green") if v.ok else Text(
-            "REGRESSION: " + "; ".join(v.problems), style="bold red")
-        table.add_row(
-            v.variant, Text(v.loss), v.metric,
-            f"{fmt_num(v.base_mean)} ± {fmt_num(v.base_std)}",
-            f"{fmt_num(v.cur_mean)} ± {fmt_num(v.cur_std)}", f"{v.delta:+.4f}",
-            fmt_num(v.tol), f"{fmt_num(v.base_steps, 0)} → {fmt_num(v.cur_steps, 0)}", verdict)
-    return table

@@ -9,8 +9,11 @@ from rich.table import Table
 from rich.text import Text
 
 from losscli.cli.common import handle_errors, out
+from losscli.cli.help import TASKS, Command, Group
 
-app = typer.Typer(help="List losses and tasks.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="List losses and tasks.", no_args_is_help=True)
+DetailsOpt = Annotated[bool, typer.Option("--details", help="Every column (wide: made for a "
+                                          "wide terminal or a pager).")]
 
 
 def _params(info) -> str:
@@ -19,15 +22,19 @@ def _params(info) -> str:
     return ", ".join(f"{k}={format_value(v)}" for k, v in info.params.items())
 
 
-@app.command("losses")
+@app.command("losses", cls=Command)
 @handle_errors
 def list_losses_cmd(
-    task: Annotated[str | None, typer.Option("--task", "-t", help="Only losses that apply "
-                                             "to this job.")] = None,
-    plugin: Annotated[list[str] | None, typer.Option(help="Module or .py file registering "
-                                                     "extra losses.")] = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", metavar="<job>", help="Only "
+                                             f"losses that apply to this job: {TASKS}.")] =
+        None,
+    plugin: Annotated[list[str] | None, typer.Option(
+        metavar="<module|file>", help="Module or .py file registering extra losses "
+        "(repeatable).")] = None,
+    details: DetailsOpt = False,
 ) -> None:
-    """Every registered loss: family, input kinds, parameters, reference."""
+    """Every registered loss: name, family and what it is; with --details its input kinds,
+    parameters with defaults, weights and reference."""
     from losscli.jobs import create_job
     from losscli.losses import list_losses, load_entry_point_plugins, load_plugin
 
@@ -36,37 +43,58 @@ def list_losses_cmd(
     load_entry_point_plugins()
     job = create_job(task) if task is not None else None
     infos = [i for i in list_losses() if job is None or job.incompatibility(i) is None]
-    table = Table(title=f"losses{f' that apply to {job.name}' if job else ''} ({len(infos)})",
-                  title_justify="left")
-    for col in ("name", "family", "pred", "target", "parameters", "weights", "reference",
-                "description"):
-        table.add_column(col, overflow="fold")
+    title = f"losses{f' that apply to {job.name}' if job else ''} ({len(infos)})"
+    out.print(_losses_table(infos, title, details))
+
+
+def _losses_table(infos, title: str, details: bool) -> Table:
+    """Compact: a section per family, each loss's name (aliases) and description."""
+    from losscli.render import Spec
+
+    table = Table(title=title, title_justify="left", show_lines=details)
+    table.add_column("name", max_width=32)  # long aliases wrap below the name
+    for col in ["pred", "target", "parameters", "weights", "reference"] if details else []:
+        table.add_column(col)
+    table.add_column("description")
+    family = None
     for i in infos:
-        name = i.name + (f" ({', '.join(i.aliases)})" if i.aliases else "")
-        table.add_row(Text(name, style="bold"), str(i.family), str(i.pred), str(i.target),
-                      Text(_params(i)), "needs" if i.needs_weights else "",
-                      Text(i.reference), Text(i.description))
-    out.print(table)
+        if i.family != family:
+            family = i.family
+            table.add_row(Text(str(family), style="bold magenta"), end_section=False)
+        name = Text(i.name, style="bold") + Text(
+            f" ({', '.join(i.aliases)})" if i.aliases else "", style="dim")
+        cells = [name, Text(i.description)]
+        if details:
+            cells[1:1] = [str(i.pred), str(i.target), Spec(_params(i)),
+                          "needs" if i.needs_weights else "", Text(i.reference)]
+        table.add_row(*cells)
+    return table
 
 
-@app.command("tasks")
+@app.command("tasks", cls=Command)
 @handle_errors
 def list_tasks_cmd(
-    task: Annotated[str | None, typer.Argument(help="One job: show all its options.",
-                                               show_default=False)] = None,
+    task: Annotated[str | None, typer.Argument(metavar="JOB", show_default=False, help=(
+        f"One job ({TASKS}): all its details and options."))] = None,
+    details: DetailsOpt = False,
     markdown: Annotated[bool, typer.Option(help="Each job's options as the README's "
                                            "Markdown tables.")] = False,
 ) -> None:
-    """Every standard job: data, model, metrics, budget, options, default losses."""
+    """Every standard job: data, metrics and budget; with --details its model, options,
+    default losses and the losses that apply."""
     from losscli.jobs import create_job, list_jobs
 
     if markdown:
         out.print(options_markdown(list_jobs()), markup=False, highlight=False, soft_wrap=True)
         return
     jobs = [create_job(task)] if task else [cls() for cls in list_jobs()]
-    out.print(_tasks_table(jobs, details=task is not None))
-    if task:
-        out.print(_options_table(jobs[0]))
+    if not (details or task):
+        out.print(_tasks_table(jobs))
+        return
+    for job in jobs:
+        out.print(_task_card(job))
+        out.print(_options_table(job))
+        out.print()
 
 
 def _budget(job) -> str:
@@ -75,28 +103,42 @@ def _budget(job) -> str:
         f", batch {b.batch_size}, {b.optimizer} lr {b.lr:g}"
 
 
-def _tasks_table(jobs, details: bool) -> Table:
+def _tasks_table(jobs) -> Table:
+    """One row per job: data, primary metric and target, budget."""
+    table = Table(title="tasks", title_justify="left", show_lines=True,
+                  caption="`losscli list tasks JOB` or --details: model, options, losses",
+                  caption_justify="left")
+    for col in ("task", "data", "target", "budget"):
+        table.add_column(col)
+    for job in jobs:
+        b = job.task.budget
+        table.add_row(Text(job.name, style="bold"), Text(job.description), _target(job),
+                      f"{b.epochs:g} epochs" if b.epochs else f"{b.steps} steps")
+    return table
+
+
+def _target(job) -> str:
+    return f"{job.primary_metric} {'≥' if job.maximize else '≤'} {job.task.target:g}"
+
+
+def _task_card(job) -> Table:
+    """Everything about one job, as label: value lines (fits any width)."""
     from losscli.sweep import compatible_losses
 
-    table = Table(title="tasks", title_justify="left", show_lines=True)
-    columns = ["task", "data", "model", "metrics (primary first)", "budget", "options",
-               "default losses"] + (["compatible losses"] if details else [])
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for job in jobs:
-        metrics = [job.primary_metric, *[m for m in job.metrics if m != job.primary_metric]]
-        cells = [
-            Text(job.name + (f"\n({', '.join(job.aliases)})" if job.aliases else ""),
-                 style="bold"),
-            Text(job.description), job.model_name,
-            f"{', '.join(metrics)}\ntarget {job.primary_metric} "
-            f"{'≥' if job.maximize else '≤'} {job.task.target:g}",
-            _budget(job), Text(", ".join(o.name for o in job.option_specs)),
-            Text("\n".join(job.task.losses))]
-        if details:
-            cells.append(Text(", ".join(compatible_losses(job))))
-        table.add_row(*cells)
-    return table
+    card = Table.grid(padding=(0, 2))
+    card.title = job.name + (f" ({', '.join(job.aliases)})" if job.aliases else "")
+    card.title_justify, card.title_style = "left", "bold"
+    card.add_column(style="dim", no_wrap=True)
+    card.add_column()
+    metrics = [job.primary_metric, *[m for m in job.metrics if m != job.primary_metric]]
+    for label, value in (
+            ("data", job.description), ("model", job.model_name),
+            ("metrics", f"{', '.join(metrics)} (target {_target(job)})"),
+            ("budget", _budget(job)), ("options", ", ".join(o.name for o in job.option_specs)),
+            ("default losses", ", ".join(job.task.losses)),
+            ("losses that apply", ", ".join(compatible_losses(job)))):
+        card.add_row(label, Text(value))
+    return card
 
 
 def _default(option) -> str:
@@ -108,9 +150,9 @@ def _options_table(job) -> Table:
     table = Table(title=f"{job.name} options (flags of `losscli train --task {job.name}`, "
                   "or --opt NAME=VALUE, or a suite's options = {...})", title_justify="left")
     for col in ("flag", "type", "default", "allowed", "meaning"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, no_wrap=col in ("flag", "type"))
     for o in job.option_specs:
-        table.add_row(o.cli, o.type_name, _default(o), o.rule(), Text(o.help))
+        table.add_row(o.cli, o.type_name, Text(_default(o)), Text(o.rule()), Text(o.help))
     return table
 
 

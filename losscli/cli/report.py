@@ -12,17 +12,18 @@ from losscli.cli.common import err, handle_errors
 
 @handle_errors
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (train or sweep output).",
-                                            show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", show_default=False,
+                                            help="A run directory (train or sweep output).")],
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Where to write (default RUN_DIR/report).")] = None,
     suite: Annotated[Path | None, typer.Option(
-        help="Suite whose [[finding]] entries to evaluate (default: the suite the run "
+        help="Suite whose \\[\\[finding]] entries to evaluate (default: the suite the run "
         "directory was made from, if any).")] = None,
 ) -> None:
-    """Write report.md (with PNG plots) and report.html (images embedded): per job a
-    ranking with 95 % CIs and significance against the best loss, convergence curves,
-    costs, quality vs time, and for paper suites a verdict per published finding."""
+    """Write report.md (with PNG plots) and a self-contained report.html.
+
+    Per job: a ranking with 95 % CIs and significance against the best loss, convergence
+    curves, costs, quality vs time; for paper suites, a verdict per published finding."""
     from losscli.report import build_report
     from losscli.results import WriteError, read_meta, read_run_dir
     from losscli.suite import load_suite

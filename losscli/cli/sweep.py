@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from losscli.cli.common import (
-    EXIT_FAILED,
     Bf16Opt,
     Device,
     DeviceOpt,
@@ -21,60 +20,58 @@ from losscli.cli.common import (
     handle_errors,
     out,
 )
+from losscli.cli.running import ColumnsOpt, PerSeedOpt, ThreadsOpt, WideOpt
 
 
 @handle_errors
 def sweep(
-    suite_file: Annotated[Path, typer.Argument(help="Suite TOML (see tasks/quick.toml).",
-                                               show_default=False)],
+    suite_file: Annotated[Path, typer.Argument(metavar="SUITE.toml", show_default=False,
+                                               help="Suite TOML (see tasks/quick.toml).")],
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Run directory (default results/runs/<suite name>). Re-running the "
         "same command resumes: finished runs are skipped.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes; CPU threads are "
                                          "divided among them.")] = 1,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per process "
-                                                "(default: torch's).")] = None,
+    threads: ThreadsOpt = None,
     dry_run: Annotated[bool, typer.Option(help="Print the validated plan and exit.")] = False,
     device: DeviceOpt = Device.auto,
     bf16: Bf16Opt = False,
     vectorise: VectoriseOpt = Vectorise.auto,
     plugin: PluginOpt = None,
     fmt: FormatOpt = OutputFormat.table,
+    per_seed: PerSeedOpt = False,
+    wide: WideOpt = False,
+    columns: ColumnsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run every job × loss × seed of a suite; the whole plan is checked before training.
 
     Each finished run is appended to the run directory at once, so a sweep killed at any
-    moment loses at most the run in flight. Under ``torchrun --nproc-per-node N -m losscli
-    sweep ...`` each rank runs its share of the plan and writes its own shard.
+    moment loses at most the run in flight. Under `torchrun --nproc-per-node N -m losscli
+    sweep ...` each rank runs its share of the plan and writes its own shard.
     """
-    import torch
-
     from losscli.cli.common import cli_device
-    from losscli.cli.running import progress_factory, render_summary, report_errors
-    from losscli.sweep import load_plugins, make_plan, run_suite
+    from losscli.cli.running import cpu_threads, finish, loading, progress_factory
+
+    with loading(quiet):
+        from losscli.sweep import load_plugins, make_plan, run_suite
 
     plugins = load_plugins(plugin or [])
     if dry_run:
         from losscli.suite import load_suite
 
         suite = load_suite(suite_file)
-        plan = make_plan(suite.requests, cli_device(device), bf16)
+        with loading(quiet, "checking the plan, loading data"):
+            plan = make_plan(suite.requests, cli_device(device), bf16)
         out.print(_plan_table(plan, out_dir or Path("results") / "runs" / suite.name))
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
+    with cpu_threads(threads):
         result = run_suite(suite_file, out_dir, device=cli_device(device), bf16=bf16,
                            workers=workers, plugins=plugins, vectorise=vectorise.value,
                            progress=progress_factory(quiet))
-    finally:
-        torch.set_num_threads(previous)  # in-process callers (tests) keep their setting
     if result is None:  # a rank other than 0
         return
-    render_summary(result, fmt)
-    if report_errors(result.runs):
-        raise typer.Exit(EXIT_FAILED)
+    finish(result, fmt, per_seed=per_seed, wide=wide, columns=columns)
 
 
 def _plan_table(plan, root: Path):

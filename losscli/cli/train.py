@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from losscli.cli.common import (
-    EXIT_FAILED,
     Bf16Opt,
     Device,
     DeviceOpt,
@@ -20,8 +19,11 @@ from losscli.cli.common import (
     QuietOpt,
     Vectorise,
     VectoriseOpt,
+    cli_device,
     handle_errors,
 )
+from losscli.cli.help import TASKS
+from losscli.cli.running import ColumnsOpt, PerSeedOpt, ThreadsOpt, WideOpt
 
 BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
 TUNE_HELP = (
@@ -34,6 +36,20 @@ class Select(str, Enum):
     final = "final"
     best = "best"
 
+
+EpochsOpt = Annotated[float | None, typer.Option(min=0.001, help="Epochs.",
+                                                rich_help_panel=BUDGET)]
+StepsOpt = Annotated[int | None, typer.Option(min=1, help="Optimizer steps (wins over --epochs).",
+                                              rich_help_panel=BUDGET)]
+BatchOpt = Annotated[int | None, typer.Option(min=1, help="Batch size.", rich_help_panel=BUDGET)]
+LrOpt = Annotated[float | None, typer.Option(min=0.0, help="Learning rate.",
+                                             rich_help_panel=BUDGET)]
+OptimizerOpt = Annotated[str | None, typer.Option(help="adam | adamw | sgd (momentum 0.9).",
+                                                  rich_help_panel=BUDGET)]
+WeightDecayOpt = Annotated[float | None, typer.Option(min=0.0, help="Weight decay.",
+                                                      rich_help_panel=BUDGET)]
+EvalEveryOpt = Annotated[int | None, typer.Option(
+    min=1, help="Steps between evals (default: every epoch).", rich_help_panel=BUDGET)]
 JOB_OPTIONS_HELP = (
     "Job options: every option of the job is a flag too, `--NAME VALUE` (`--fg-fraction 0.05`, "
     "`--binary`, `--csv t.csv --target y`), or `--opt NAME=VALUE`. `losscli list tasks JOB` "
@@ -43,33 +59,27 @@ JOB_OPTIONS_HELP = (
 @handle_errors
 def train(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option("--task", "-t", help="Job: mnist, fashion, reg, seg, "
-                                      "det, imbalanced, denoise (`losscli list tasks`).")] =
-        "mnist",
+    task: Annotated[str, typer.Option("--task", "-t", metavar="<job>", help=f"Job: {TASKS} "
+                                      "(`losscli list tasks`).")] = "mnist",
     loss: Annotated[list[str] | None, typer.Option(
-        "--loss", "-l", help="Loss spec, repeatable: 'ce', 'focal:gamma=2', 'dice+0.5*ce'. "
-        "Default: the job's default set.")] = None,
+        "--loss", "-l", metavar="<spec>", help="Loss spec, repeatable: 'ce', 'focal:gamma=2', "
+        "'dice+0.5*ce'. Default: the job's default set.")] = None,
     seeds: Annotated[int, typer.Option(min=1, max=1000,  # losscli.suite.MAX_SEEDS
                                        help="Seeds per loss (first..first+N-1).")] = 1,
     first_seed: Annotated[int, typer.Option(min=0, max=2**31, help="The first seed.")] = 0,
-    epochs: Annotated[float | None, typer.Option(min=0.001, help="Epochs.",
-                                                 rich_help_panel=BUDGET)] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (wins over "
-                                              "--epochs).", rich_help_panel=BUDGET)] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, rich_help_panel=BUDGET)] = None,
-    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate.",
-                                             rich_help_panel=BUDGET)] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam | adamw | sgd (momentum 0.9).",
-                                                  rich_help_panel=BUDGET)] = None,
-    weight_decay: Annotated[float | None, typer.Option(min=0.0, rich_help_panel=BUDGET)] = None,
-    eval_every: Annotated[int | None, typer.Option(min=1, help="Steps between evals "
-                                                   "(default: every epoch).",
-                                                   rich_help_panel=BUDGET)] = None,
+    epochs: EpochsOpt = None,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    eval_every: EvalEveryOpt = None,
     device: DeviceOpt = Device.auto,
     bf16: Bf16Opt = False,
     opt: Annotated[list[str] | None, typer.Option(
-        "--opt", help="A job option as NAME=VALUE (repeatable).")] = None,
-    tune: Annotated[list[str] | None, typer.Option(help=TUNE_HELP)] = None,
+        "--opt", metavar="<name=value>", help="A job option as NAME=VALUE (repeatable).")] =
+        None,
+    tune: Annotated[list[str] | None, typer.Option(metavar="<spec>", help=TUNE_HELP)] = None,
     select: Annotated[Select, typer.Option(help="The model the test split scores: the "
                                            "final one, or the best on validation.")] =
         Select.final,
@@ -77,7 +87,11 @@ def train(
     plugin: PluginOpt = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Run directory (default results/runs/<time>-<task>).")] = None,
+    threads: ThreadsOpt = None,
     fmt: FormatOpt = OutputFormat.table,
+    per_seed: PerSeedOpt = False,
+    wide: WideOpt = False,
+    columns: ColumnsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train one job with each loss for each seed and print a comparison table.
@@ -85,10 +99,11 @@ def train(
     Everything but the loss is fixed: data, model, optimizer, budget and seeds. Results go
     to a run directory (runs.csv, history.csv, meta.json); the summary (mean ± std over
     seeds, ranked by the job's primary metric) goes to stdout."""
-    from losscli.cli.common import cli_device
-    from losscli.cli.running import progress_factory, render_summary, report_errors
-    from losscli.settings import Settings
-    from losscli.sweep import load_plugins, run
+    from losscli.cli.running import cpu_threads, finish, loading, progress_factory
+
+    with loading(quiet):
+        from losscli.settings import Settings
+        from losscli.sweep import load_plugins, run
 
     settings = Settings(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, weight_decay=weight_decay, eval_every=eval_every,
@@ -97,12 +112,11 @@ def train(
     request = _request(ctx, task, loss, range(first_seed, first_seed + seeds), settings,
                        opt, tune)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    result = run([request], out_dir or Path("results") / "runs" / f"{stamp}-{task}",
-                 device=cli_device(device), bf16=bf16, plugins=plugins,
-                 vectorise=vectorise.value, progress=progress_factory(quiet))
-    render_summary(result, fmt)
-    if report_errors(result.runs):
-        raise typer.Exit(EXIT_FAILED)
+    with cpu_threads(threads):
+        result = run([request], out_dir or Path("results") / "runs" / f"{stamp}-{task}",
+                     device=cli_device(device), bf16=bf16, plugins=plugins,
+                     vectorise=vectorise.value, progress=progress_factory(quiet))
+    finish(result, fmt, per_seed=per_seed, wide=wide, columns=columns)
 
 
 def _request(ctx: typer.Context, task: str, losses, seeds, settings, opt, tune):
