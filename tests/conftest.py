@@ -20,3 +20,20 @@ def _registry_snapshot(monkeypatch):
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+
+
+@pytest.fixture(autouse=True)
+def _job_registry_snapshot(monkeypatch):
+    """Nor do jobs; a plugin file a test loads is forgotten too, so the next test that
+    loads it registers its jobs again."""
+    import sys
+
+    import losscli.jobs as jobs
+
+    monkeypatch.setattr(jobs, "_JOBS", dict(jobs._JOBS))
+    monkeypatch.setattr(jobs, "_ALIASES", dict(jobs._ALIASES))
+    before = {name for name in sys.modules if name.startswith("losscli_plugin_")}
+    yield
+    for name in [n for n in sys.modules if n.startswith("losscli_plugin_")]:
+        if name not in before:
+            del sys.modules[name]

@@ -274,3 +274,51 @@ def test_usage_errors_exit_2(args, expected, tmp_path, no_weights):
     assert res.exit_code == 2, res.output
     assert expected in " ".join(res.output.split())
     assert "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- photographs
+
+
+@pytest.fixture
+def photos():
+    pytest.importorskip("skimage")
+
+
+@pytest.mark.parametrize("dataset, channels", [("natural", 3), ("natural_grey", 1)])
+def test_natural_photographs(photos, dataset, channels):
+    job = create_job("denoise", dataset=dataset, crop_size=48, train_crops=8)
+    data = job.load_data()
+    assert data.train.x.shape == data.train.y.shape == (8, channels, 48, 48)
+    assert data.val.x.shape[1:] == data.test.x.shape[1:] == (channels, 48, 48)
+    assert abs(data.test.extra["psnr_input"] - 20.0) < 0.1  # sigma 0.1 by default
+    assert "astronaut" in data.source and "noisy test input: PSNR 20.0" in data.source
+    model = job.build_model(data)
+    assert model(data.val.x[:2]).shape == (2, channels, 48, 48)
+    assert job.probe()[0].shape == (2, channels, 48, 48)
+    assert job.task.losses[3] == "ms_ssim"  # tasks/denoise_natural.toml: 5 standard scales
+    again = create_job("denoise", dataset=dataset, crop_size=48, train_crops=8).load_data()
+    assert torch.equal(data.train.x, again.train.x) and torch.equal(data.test.x, again.test.x)
+
+
+def test_photographs_and_digits_take_their_own_options():
+    with pytest.raises(UsageError, match="--crop-size, --train-crops do not apply to --dataset "
+                                         "mnist"):
+        create_job("denoise", crop_size=64, train_crops=4)
+    with pytest.raises(UsageError, match="--n-train do not apply to --dataset natural"):
+        create_job("denoise", dataset="natural", n_train=10)
+    assert create_job("denoise", dataset="natural").sigma == 0.1
+    assert create_job("denoise").sigma == 0.3
+    assert create_job("denoise", dataset="natural", sigma=0.2).sigma == 0.2
+
+
+def test_standard_ms_ssim_needs_161_px_crops(photos, tmp_path):
+    args = ["train", "--task", "denoise", "--dataset", "natural_grey", "--train-crops", "8",
+            "--loss", "ms_ssim", "--steps", "2", "--batch-size", "4", "--quiet", "--out",
+            str(tmp_path / "run")]
+    res = runner.invoke(app, [*args, "--crop-size", "96"])
+    assert res.exit_code == 2 and "at least 161x161 for 5 scales" in " ".join(res.output.split())
+    res = runner.invoke(app, [*args, "--crop-size", "164"])
+    assert res.exit_code == 0, res.output
+    runs = pd.read_csv(tmp_path / "run" / "runs.csv")
+    assert set(runs["status"]) == {"ok"} and "164-px crops" in runs["data_source"].iloc[0]
+    assert {"psnr", "ssim", "psnr_gain"} == set(json.loads(runs["test_metrics"].iloc[0]))

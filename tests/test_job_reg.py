@@ -1,4 +1,5 @@
-"""The reg job: generator knobs, CSV loading, adapter, metrics, vmap-ability, CLI end to end."""
+"""The reg job: generator knobs, CSV loading, real tables, adapter, metrics, vmap-ability,
+CLI end to end."""
 
 import math
 
@@ -14,6 +15,7 @@ from losscli.data.synthetic_regression import load_csv_regression, make_regressi
 from losscli.errors import UsageError
 from losscli.jobs import create_job
 from losscli.losses import Pred, Target, create_loss
+from losscli.settings import Settings
 
 runner = CliRunner()
 TINY = ["--steps", "20", "--batch-size", "64", "--eval-every", "10", "--quiet",
@@ -239,7 +241,7 @@ def test_cli_trains_reg_end_to_end(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 4 and set(runs["status"]) == {"ok"} and set(runs["job"]) == {"reg"}
     assert (runs["primary_metric"] == "rmse").all() and runs["test_final"].between(0, 10).all()
-    assert "154 train outliers" in runs["data_source"].iloc[0]
+    assert "train outliers (30%" in runs["data_source"].iloc[0]
     history = pd.read_csv(out / "history.csv")
     assert {"rmse", "mae", "r2"} <= set(history["metric"])
 
@@ -263,3 +265,66 @@ def test_cli_usage_errors(args, message, tmp_path):
                               *TINY])
     assert res.exit_code == 2, res.output
     assert message in res.output
+
+
+# --------------------------------------------------------------------------- real tables
+
+
+@pytest.fixture
+def tables():
+    pytest.importorskip("sklearn")
+    pytest.importorskip("statsmodels")
+
+
+@pytest.mark.parametrize("name, rows, features", [("diabetes", (266, 88, 88), 10),
+                                                  ("stackloss", (13, 4, 4), 3),
+                                                  ("engel", (141, 47, 47), 1)])
+def test_real_tables_split_and_standardised(tables, name, rows, features):
+    job = create_job("reg", dataset=name)
+    data = job.load_data()
+    assert tuple(len(s) for s in (data.train, data.val, data.test)) == rows
+    assert data.train.x.shape[1] == features and data.train.y.dim() == 1
+    assert abs(float(data.train.y.mean())) < 1e-5  # standardised on the training rows
+    assert not data.train.extra["outlier"].any() and name in data.source
+    assert job.task.budget.steps == 400  # tasks/reg_table.toml
+
+
+def test_real_table_outliers_on_training_targets_only(tables):
+    clean = create_job("reg", dataset="diabetes").load_data()
+    dirty = create_job("reg", dataset="diabetes", outliers=0.2).load_data()
+    shifted = dirty.train.extra["outlier"]
+    assert int(shifted.sum()) == round(0.2 * 266)
+    assert (dirty.train.y[shifted] - clean.train.y[shifted] >= 5).all()
+    assert torch.equal(dirty.train.y[~shifted], clean.train.y[~shifted])
+    assert torch.equal(dirty.val.y, clean.val.y) and torch.equal(dirty.test.y, clean.test.y)
+    assert "outliers" in dirty.source
+
+
+def test_small_table_trains_full_batch_unless_asked_otherwise(tables):
+    job = create_job("reg", dataset="stackloss")
+    data = job.load_data()
+    assert job.settings(data).batch_size == 13  # tasks/reg_table.toml says 32
+    with pytest.raises(UsageError, match="batch size 32 exceeds the 13 training samples"):
+        job.settings(data, Settings(batch_size=32))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"dataset": "diabetes", "n_train": 100}, "--n-train only apply to generated data, not "
+                                              "with --dataset diabetes"),
+    ({"dataset": "engel", "csv": "t.csv", "target_column": "y"}, "two tables"),
+    ({"dataset": "boston"}, "one of generated, diabetes, stackloss, engel"),
+])
+def test_real_table_option_rules(options, message):
+    with pytest.raises(UsageError, match=message):
+        create_job("reg", **options)
+
+
+def test_cli_trains_on_a_real_table(tables, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--task", "reg", "--dataset", "stackloss", "--loss", "l1",
+                              "--loss", "mse", "--outliers", "0.2", "--steps", "30", "--quiet",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    runs = pd.read_csv(out / "runs.csv")
+    assert set(runs["status"]) == {"ok"} and (runs["batch_size"] == 13).all()
+    assert "statsmodels stackloss" in runs["data_source"].iloc[0]

@@ -56,7 +56,7 @@ VectoriseOpt = Annotated[Vectorise, typer.Option(
     help="Train a loss's seeds together as one vmapped model: auto (when a short "
     "calibration says it is faster), always, never.")]
 PluginOpt = Annotated[list[str] | None, typer.Option(
-    help="Module or .py file registering extra losses (repeatable).")]
+    help="Module or .py file registering extra losses or jobs (repeatable).")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from losscli.cli.common import handle_errors, out
+from losscli.cli.common import PluginOpt, handle_errors, out
 from losscli.cli.help import TASKS, Command, Group
 
 app = typer.Typer(cls=Group, help="List losses and tasks.", no_args_is_help=True)
@@ -28,9 +28,7 @@ def list_losses_cmd(
     task: Annotated[str | None, typer.Option("--task", "-t", metavar="<job>", help="Only "
                                              f"losses that apply to this job: {TASKS}.")] =
         None,
-    plugin: Annotated[list[str] | None, typer.Option(
-        metavar="<module|file>", help="Module or .py file registering extra losses "
-        "(repeatable).")] = None,
+    plugin: PluginOpt = None,
     details: DetailsOpt = False,
 ) -> None:
     """Every registered loss: name, family and what it is; with --details its input kinds,
@@ -79,11 +77,16 @@ def list_tasks_cmd(
     details: DetailsOpt = False,
     markdown: Annotated[bool, typer.Option(help="Each job's options as the README's "
                                            "Markdown tables.")] = False,
+    plugin: PluginOpt = None,
 ) -> None:
-    """Every standard job: data, metrics and budget; with --details its model, options,
-    default losses and the losses that apply."""
+    """Every job, standard and plugins' (with where each plugin job came from): data,
+    metrics and budget; with --details its model, options, default losses and the losses
+    that apply."""
     from losscli.jobs import create_job, list_jobs
+    from losscli.losses import load_plugin
 
+    for p in plugin or []:
+        load_plugin(p)
     if markdown:
         out.print(options_markdown(list_jobs()), markup=False, highlight=False, soft_wrap=True)
         return
@@ -103,6 +106,18 @@ def _budget(job) -> str:
         f", batch {b.batch_size}, {b.optimizer} lr {b.lr:g}"
 
 
+def _task_cell(job, aliases: bool = True) -> Text:
+    """The job's name, its aliases and, for a plugin's job, where it came from."""
+    from losscli.jobs import BUILTIN, job_source
+
+    cell = Text(job.name, style="bold")
+    if job.aliases and aliases:
+        cell.append(f"\n({', '.join(job.aliases)})", style="bold")
+    if (source := job_source(job.name)) != BUILTIN:
+        cell.append(f"\nfrom {source}", style="dim")
+    return cell
+
+
 def _tasks_table(jobs) -> Table:
     """One row per job: data, primary metric and target, budget."""
     table = Table(title="tasks", title_justify="left", show_lines=True,
@@ -112,7 +127,7 @@ def _tasks_table(jobs) -> Table:
         table.add_column(col)
     for job in jobs:
         b = job.task.budget
-        table.add_row(Text(job.name, style="bold"), Text(job.description), _target(job),
+        table.add_row(_task_cell(job, aliases=False), Text(job.description), _target(job),
                       f"{b.epochs:g} epochs" if b.epochs else f"{b.steps} steps")
     return table
 
@@ -126,7 +141,7 @@ def _task_card(job) -> Table:
     from losscli.sweep import compatible_losses
 
     card = Table.grid(padding=(0, 2))
-    card.title = job.name + (f" ({', '.join(job.aliases)})" if job.aliases else "")
+    card.title = _task_cell(job).plain.replace("\n", " ")
     card.title_justify, card.title_style = "left", "bold"
     card.add_column(style="dim", no_wrap=True)
     card.add_column()

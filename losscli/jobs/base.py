@@ -6,14 +6,14 @@ A job never knows the CLI or the engine's loop; the engine calls it through this
 from __future__ import annotations
 
 import json
+import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import torch
 from torch import Tensor, nn
 
@@ -22,7 +22,7 @@ from losscli.options import Option, validate_options
 from losscli.settings import Settings, layered
 
 __all__ = ["Job", "JobData", "Objective", "Option", "Split", "TaskFile", "eval_chunks",
-           "hold_out", "load_task_file"]
+           "hold_out", "load_task_file", "task_file_exists"]
 
 
 def eval_chunks(x: Tensor) -> tuple[Tensor, ...]:
@@ -45,6 +45,11 @@ def _tasks_dir() -> Path:
         return Path(str(resources.files("losscli.tasks")))
     except ModuleNotFoundError:  # a source checkout without an install
         return Path(__file__).resolve().parents[2] / "tasks"
+
+
+def task_file_exists(name: str) -> bool:
+    """Whether ``tasks/<name>.toml`` ships with losscli (a plugin job brings its own)."""
+    return (_tasks_dir() / f"{name}.toml").is_file()
 
 
 def load_task_file(name: str) -> TaskFile:
@@ -172,8 +177,16 @@ class Job(ABC):
         """Rules that tie several options together (override; raise UsageError)."""
 
     def settings(self, data: JobData, layer: Settings | None = None) -> Settings:
-        """The job's budget (task file) with ``layer`` on top, resolved for ``data``."""
-        return layered(self.task.budget, layer or Settings()).resolve(data.n_train, self.name)
+        """The job's budget (task file) with ``layer`` on top, resolved for ``data``.
+
+        The task file's batch size is capped at the number of training samples (a user's
+        small folder or table, or ``stackloss``'s 13 training rows); one that ``layer``
+        sets is kept, and refused when it exceeds them."""
+        layer = layer or Settings()
+        budget = self.task.budget
+        if layer.batch_size is None and (budget.batch_size or 0) > data.n_train:
+            budget = replace(budget, batch_size=data.n_train)
+        return layered(budget, layer).resolve(data.n_train, self.name)
 
     def load_task(self) -> TaskFile:
         """Budget, default losses and target: ``tasks/<name>.toml``."""

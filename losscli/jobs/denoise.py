@@ -1,4 +1,5 @@
-"""Image denoising job ``denoise``: additive Gaussian noise on MNIST / Fashion-MNIST digits.
+"""Image denoising job ``denoise``: additive Gaussian noise on MNIST / Fashion-MNIST digits,
+or on natural photographs (``--dataset natural`` colour, ``natural_grey`` grey).
 
 Data. Clean images in [0, 1] are the targets; inputs are ``clean + sigma * N(0, 1)``, not
 clipped (additive white Gaussian noise, as in DnCNN; clipping would bias the noise on the
@@ -10,6 +11,16 @@ and makes every loss and seed see exactly the same noise; with the default budge
 noisy copy is seen about once, so it behaves like fresh noise per batch. The noisy input's
 own PSNR/SSIM on the test set are in the data ``source`` line, and ``psnr_gain`` is the
 model's PSNR minus that (dB).
+
+Photographs (``losscli.data.photos``): scikit-image's shipped photographs, each in one
+split (train: coffee, motorcycle, immunohistochemistry and, grey only, brick, grass,
+gravel, coins; validation: chelsea and, grey, moon; test: astronaut, rocket and, grey,
+camera), ``--crop-size`` crops (default 192 px, above the 161 px that standard 5-scale
+MS-SSIM with its 11-px window needs): ``--train-crops`` random training crops from the
+data seed, tiles covering each validation and test photograph. The noise is drawn the
+same way (once, unclipped), sigma 0.1 by default (about 25 / 255, a common benchmark
+level). The default losses and budget are ``tasks/denoise_natural.toml``: standard
+MS-SSIM (5 scales, 11-px window) and its 0.84 / 0.16 mix with L1 (Zhao et al. 2017).
 
 Model: a residual denoiser (DnCNN-style, no BatchNorm): conv-ReLU layers predict the noise,
 the output is ``input - noise``, clamped to [0, 1] by a straight-through clamp (the forward
@@ -43,15 +54,20 @@ import torch
 from torch import Tensor, nn
 
 from losscli.data.mnist import RawSplit, load_fashion, load_mnist
+from losscli.data.photos import MAX_CROP, MIN_CROP, load_photos
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData, Objective, Option, Split
+from losscli.jobs.base import Job, JobData, Objective, Option, Split, TaskFile, load_task_file
 from losscli.jobs.classification import DATA_OPTIONS
 from losscli.losses import Family, Loss, Pred, Target
 
 __all__ = ["DenoiseJob", "ResidualDenoiser", "denoise_metrics"]
 
 _EVAL_BATCH = 1000
-_DATASETS = ("mnist", "fashion")
+_PHOTOS = {"natural": 3, "natural_grey": 1}  # dataset → channels
+_DATASETS = ("mnist", "fashion", *_PHOTOS)
+_SIGMA = {"digits": 0.3, "photos": 0.1}  # default noise std; photos: about 25 / 255
+_PHOTO_ONLY = ("crop_size", "train_crops")
+_DIGITS_ONLY = ("noisy_copies", "n_train", "n_val", "n_test", "data_dir", "download")
 _SSIM_WIN = 11  # torchmetrics derives it from sigma 1.5 (int(3.5 * 1.5 + 0.5) * 2 + 1)
 _LPIPS_NET = "squeeze"  # the LPIPS trunk for the metric; alex needs >= 31 px
 _TEST_STREAM = 1_000_003  # the test noise's generator seed is data_seed + this
@@ -100,8 +116,8 @@ def denoise_metrics(pred: Tensor, target: Tensor) -> Tensor:
 class DenoiseJob(Job):
     name = "denoise"
     aliases = ("denoising",)
-    description = ("Gaussian denoising of MNIST digits (embedded 5k subset; or Fashion-MNIST), "
-                   "noise fixed by the data seed")
+    description = ("Gaussian denoising of MNIST digits (embedded 5k subset; or Fashion-MNIST, "
+                   "or scikit-image's natural photographs), noise fixed by the data seed")
     model_name = "ResidualDenoiser (5 conv, 32 ch, residual, [0, 1] output)"
     primary_metric = "psnr"
     lower_is_better = frozenset({"lpips"})
@@ -109,10 +125,15 @@ class DenoiseJob(Job):
     preds = frozenset({Pred.IMAGES, Pred.VALUES})
     targets = frozenset({Target.IMAGES, Target.VALUES})
     option_specs = (
-        Option("sigma", float, 0.3, "std of the Gaussian noise on [0, 1] images", low=0,
-               open_low=True),
-        Option("dataset", str, "mnist", "mnist (embedded real 5k subset) or fashion",
+        Option("sigma", float, None, "std of the Gaussian noise on [0, 1] images (default "
+               "0.3 on digits, 0.1 on photographs)", low=0, open_low=True),
+        Option("dataset", str, "mnist", "mnist (embedded real 5k subset), fashion, or "
+               "scikit-image's photographs: natural (colour), natural_grey",
                choices=_DATASETS),
+        Option("crop_size", int, 192, "photographs: crop side in px (5-scale MS-SSIM needs "
+               ">= 161)", low=MIN_CROP, high=MAX_CROP),
+        Option("train_crops", int, 256, "photographs: random training crops, drawn once",
+               low=1),
         Option("noisy_copies", int, 4, "independent noisy copies of each training image",
                low=1),
         Option("n_train", int, 3500, "clean training images, a fixed random subset", low=1),
@@ -125,10 +146,25 @@ class DenoiseJob(Job):
         *DATA_OPTIONS,
     )
 
+    @property
+    def photos(self) -> bool:
+        return self.option("dataset") in _PHOTOS
+
+    @property
+    def sigma(self) -> float:
+        given = self.option("sigma")
+        return given if given is not None else _SIGMA["photos" if self.photos else "digits"]
+
     def check_options(self) -> None:
-        """``--lpips`` without the weights is refused now, not after training."""
+        """Options of the other kind of data are refused; so is ``--lpips`` without the
+        weights (now, not after training)."""
         from losscli.losses.image import backbone_checkpoint
 
+        other = _DIGITS_ONLY if self.photos else _PHOTO_ONLY
+        given = [o.cli for o in self.option_specs if o.name in other and o.name in self.options]
+        if given:
+            raise UsageError(f"{', '.join(given)} do not apply to --dataset "
+                             f"{self.option('dataset')}")
         path = backbone_checkpoint(_LPIPS_NET)
         if self.option("lpips") and not path.is_file():
             raise UsageError(f"--lpips needs the SqueezeNet ImageNet weights at {path} "
@@ -138,6 +174,10 @@ class DenoiseJob(Job):
     def metrics(self) -> tuple[str, ...]:
         """Fixed by the options: LPIPS only when asked for."""
         return ("psnr", "ssim", "psnr_gain", *(("lpips",) if self.option("lpips") else ()))
+
+    def load_task(self) -> TaskFile:
+        """Photographs have their own defaults: standard 5-scale MS-SSIM, a smaller budget."""
+        return load_task_file("denoise_natural" if self.photos else self.name)
 
     # -- data ----------------------------------------------------------------------
     def _raw(self) -> RawSplit:
@@ -155,15 +195,28 @@ class DenoiseJob(Job):
         return [(images[i].float() / 255.0).unsqueeze(1).contiguous() for i in idx.split(sizes)]
 
     def _noisy(self, clean: Tensor, seed: int, copies: int = 1) -> Split:
-        """``copies`` noisy copies of ``clean`` images, noise from generator ``seed``; the
-        noisy input's own PSNR and SSIM in ``extra`` (``psnr_gain`` is measured from it)."""
+        """``copies`` noisy copies of ``clean`` images, noise from generator ``seed``."""
         gen = torch.Generator().manual_seed(seed)
         y = clean.repeat(copies, 1, 1, 1)
-        x = y + self.option("sigma") * torch.randn(y.shape, generator=gen)
-        psnr_in, ssim_in = denoise_metrics(x, y).tolist()
-        return Split(x, y, {"psnr_input": psnr_in, "ssim_input": ssim_in})
+        return _measured(y + self.sigma * torch.randn(y.shape, generator=gen), y)
 
     def load_data(self) -> JobData:
+        data = self._photo_data() if self.photos else self._digit_data()
+        test = data.test.extra
+        data.source += (f"; noisy test input: PSNR {test['psnr_input']:.2f} dB, SSIM "
+                        f"{test['ssim_input']:.4f}")
+        return data
+
+    def _photo_data(self) -> JobData:
+        d = load_photos(channels=_PHOTOS[self.option("dataset")],
+                        crop_size=self.option("crop_size"),
+                        train_crops=self.option("train_crops"), sigma=self.sigma,
+                        seed=self.option("data_seed"))
+        # the training crops' own PSNR/SSIM are never read (27 s for 256 colour crops)
+        return JobData(Split(d.train_x, d.train_y), _measured(d.val_x, d.val_y),
+                       _measured(d.test_x, d.test_y), d.source)
+
+    def _digit_data(self) -> JobData:
         raw, seed = self._raw(), self.option("data_seed")
         gen = torch.Generator().manual_seed(seed)
         clean_train, clean_val = self._subsets(
@@ -174,15 +227,12 @@ class DenoiseJob(Job):
         data = JobData(self._noisy(clean_train, seed + 1, copies),
                        self._noisy(clean_val, seed + _VAL_STREAM),
                        self._noisy(clean_test, seed + _TEST_STREAM + 1), "")
-        test = data.test.extra
         data.source = (f"{raw.source}; {data.sizes()} ({copies} noisy copies of each training "
-                       f"image); Gaussian sigma {self.option('sigma'):g}, data seed {seed}; "
-                       f"noisy test input: PSNR {test['psnr_input']:.2f} dB, SSIM "
-                       f"{test['ssim_input']:.4f}")
+                       f"image); Gaussian sigma {self.sigma:g}, data seed {seed}")
         return data
 
     def build_model(self, data: JobData) -> nn.Module:
-        return ResidualDenoiser()
+        return ResidualDenoiser(channels=data.train.x.shape[1])
 
     # -- adapter -------------------------------------------------------------------
     def adapt_pred(self, output: Tensor, kind: Pred) -> Tensor:
@@ -224,5 +274,18 @@ class DenoiseJob(Job):
         return dict(zip(self.metrics, torch.cat(parts).tolist(), strict=True))  # one sync
 
     def probe(self) -> tuple[Tensor, Tensor]:
+        """Images shaped like the data's: MS-SSIM's scales are checked against them."""
+        if self.photos:
+            side = self.option("crop_size")
+            shape = (2, _PHOTOS[self.option("dataset")], side, side)
+        else:
+            shape = (2, 1, 28, 28)
         gen = torch.Generator().manual_seed(0)
-        return torch.rand(2, 1, 28, 28, generator=gen), torch.rand(2, 1, 28, 28, generator=gen)
+        return torch.rand(shape, generator=gen), torch.rand(shape, generator=gen)
+
+
+def _measured(x: Tensor, y: Tensor) -> Split:
+    """Noisy inputs ``x`` and clean targets ``y``, with the noisy input's own PSNR and
+    SSIM in ``extra`` (``psnr_gain`` is measured from it)."""
+    psnr_in, ssim_in = denoise_metrics(x, y).tolist()
+    return Split(x, y, {"psnr_input": psnr_in, "ssim_input": ssim_in})

@@ -184,10 +184,13 @@ class SegmentationJob(Job):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
-        pred = torch.cat([self.predict(model(x).float()) for x in split.x.split(_EVAL_BATCH)])
-        return dict(zip(self.metrics, segmentation_metrics(pred, split.y,
-                                                           max(2, self.out_channels)).tolist(),
-                        strict=True))  # the one host sync
+        preds, classes = [], 2  # one logit channel (binary) scores two classes
+        for x in split.x.split(_EVAL_BATCH):
+            output = model(x).float()
+            preds.append(self.predict(output))
+            classes = max(classes, output.shape[1])  # masks: the classes come with the data
+        values = segmentation_metrics(torch.cat(preds), split.y, classes)
+        return dict(zip(self.metrics, values.tolist(), strict=True))  # the one host sync
 
     def probe(self) -> tuple[Tensor, Tensor]:
         s = self.image_size

@@ -39,16 +39,21 @@ __all__ = [
     "LossTerm",
     "create_loss",
     "get_loss_info",
+    "guard_registry",
     "list_losses",
     "load_plugin",
+    "loading_plugin",
     "load_entry_point_plugins",
     "parse_spec",
     "parse_value",
     "format_value",
     "register_loss",
+    "restorer",
 ]
 
 ENTRY_POINT_GROUP = "losscli.losses"
+# A plugin may register losses, jobs or both: both groups load through the same loader.
+ENTRY_POINT_GROUPS = (ENTRY_POINT_GROUP, "losscli.jobs")
 # Keywords every loss takes at call time; they are not spec parameters.
 CALL_KWARGS = frozenset({"reduction", "weight", "avg_factor"})
 
@@ -424,11 +429,12 @@ _ENTRY_POINTS_ERROR: UsageError | None = None  # a broken entry point fails ever
 
 
 def load_entry_point_plugins() -> None:
-    """Import every plugin declared under the ``losscli.losses`` entry-point group, once.
+    """Import every plugin declared under the ``losscli.losses`` and ``losscli.jobs``
+    entry-point groups, once.
 
-    An entry point names a module (which registers losses on import) or a callable that
-    takes no arguments and registers them. One that fails is a ``UsageError`` naming it
-    and the cause, raised again on every later call; its registrations are undone.
+    An entry point names a module (which registers losses or jobs on import) or a callable
+    that takes no arguments and registers them. One that fails is a ``UsageError`` naming
+    it and the cause, raised again on every later call; its registrations are undone.
     """
     global _ENTRY_POINTS_LOADED, _ENTRY_POINTS_ERROR
     if _ENTRY_POINTS_ERROR is not None:
@@ -436,7 +442,7 @@ def load_entry_point_plugins() -> None:
     if _ENTRY_POINTS_LOADED:
         return
     _ENTRY_POINTS_LOADED = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in (ep for group in ENTRY_POINT_GROUPS for ep in entry_points(group=group)):
         label = f"entry point {getattr(ep, 'name', '?')} = {getattr(ep, 'value', ep)!r}"
         try:
             with _plugin_guard(label, getattr(ep, "module", "")):
@@ -452,9 +458,9 @@ def load_plugin(target: str) -> None:
     """Load a ``--plugin``: a path to a ``.py`` file or an importable module name.
 
     Whatever goes wrong while it loads (an exception, a syntax error, ``sys.exit``, a name
-    clash, a bad ``register_loss`` declaration) is a ``UsageError`` naming the plugin, its
-    line and the first line of the cause; the losses it registered before failing are
-    removed again.
+    clash, a bad ``register_loss`` or ``register_job`` declaration) is a ``UsageError``
+    naming the plugin, its line and the first line of the cause; the losses and jobs it
+    registered before failing are removed again.
     """
     path = Path(target)
     if target.endswith(".py") or path.is_file():
@@ -483,19 +489,51 @@ def load_plugin(target: str) -> None:
         importlib.import_module(target)
 
 
+def restorer(*registries: dict) -> Callable[[], None]:
+    """A function that puts ``registries`` back as they are now (a failed plugin's
+    registrations are removed again)."""
+    saved = [dict(r) for r in registries]
+
+    def restore() -> None:
+        for live, before in zip(registries, saved, strict=True):
+            live.clear()
+            live.update(before)
+
+    return restore
+
+
+# The registries a plugin may add to, each a function that calls ``restorer`` on them (at
+# call time: a test may have swapped the dicts); the job registry adds itself.
+_SNAPSHOTS: list[Callable[[], Callable[[], None]]] = [lambda: restorer(_REGISTRY, _ALIASES)]
+_LOADING: list[str] = []  # the plugins being loaded, innermost last
+
+
+def guard_registry(snapshot: Callable[[], Callable[[], None]]) -> None:
+    """Have a failed plugin's registrations in another registry undone too."""
+    _SNAPSHOTS.append(snapshot)
+
+
+def loading_plugin() -> str | None:
+    """The plugin being loaded now (``--plugin`` as given, or ``entry point NAME = ...``),
+    or None: what a registry records as where an entry came from."""
+    return _LOADING[-1] if _LOADING else None
+
+
 @contextmanager
 def _plugin_guard(origin: str, module: str, path: Path | None = None) -> Iterator[None]:
     """Run a plugin's loading; on failure undo its registrations and raise a UsageError."""
-    saved = dict(_REGISTRY), dict(_ALIASES)
+    restores = [snapshot() for snapshot in _SNAPSHOTS]
+    _LOADING.append(origin)
     try:
         yield
     except BaseException as exc:
-        for live, before in zip((_REGISTRY, _ALIASES), saved, strict=True):
-            live.clear()
-            live.update(before)
+        for restore in restores:
+            restore()
         if isinstance(exc, (Exception, SystemExit)):  # KeyboardInterrupt stays itself
             raise _plugin_error(origin, module, path, exc) from exc
         raise
+    finally:
+        _LOADING.pop()
 
 
 def _plugin_error(origin: str, module: str, path: Path | None,
@@ -505,7 +543,7 @@ def _plugin_error(origin: str, module: str, path: Path | None,
             f"{exc.name}."):
         return UsageError(f"plugin {origin} is neither a .py file nor importable: {exc}")
     if isinstance(exc, SystemExit):
-        cause = f"it called sys.exit({exc.code!r}); a plugin only registers losses"
+        cause = f"it called sys.exit({exc.code!r}); a plugin only registers losses and jobs"
     else:
         message = exc.msg if isinstance(exc, SyntaxError) else str(exc)
         first = next((line.strip() for line in str(message).splitlines() if line.strip()), "")
