@@ -347,170 +347,12 @@ def execute(plan: Plan, store: ResultStore, *, runs: Sequence[RunSpec] | None = 
     done = store.finished_keys()
     todo = [r for r in (plan.runs if runs is None else runs) if r.key not in done]
     if workers > 1 and len(todo) > 1:
-        _execute_pool(plan, todo, store, workers, plugins, progress)
+        from losscli.pool import execute_pool
+
+        execute_pool(plan, todo, store, workers, plugins, progress)
         return
     for group in _seed_groups(todo):
         _run_group(plan, group, store, vectorise, progress)
-
-
-_WORKER_DATA: dict[tuple, JobData] = {}  # in a pool worker: its data, loaded once
-
-
-def _init_worker(threads: int, plugins: Sequence[str]) -> None:
-    torch.set_num_threads(threads)
-    load_plugins(plugins)
-
-
-def run_spec(spec: RunSpec, on_step: Callable[[int], None] | None = None
-             ) -> tuple[RunResult, list]:
-    """One run → its row and history rows (what a pool worker does)."""
-    key = (spec.job.data_key, spec.cfg.device)
-    if key not in _WORKER_DATA:
-        _WORKER_DATA[key] = spec.job.load_data().to(spec.cfg.device)
-    data = _WORKER_DATA[key]
-    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, on_step)
-    return result_of(spec, data, out), history_of(out)
-
-
-def _step_messages(conn: Any, spec: RunSpec) -> Callable[[int], None]:
-    """A pool worker's ``on_step``: ``("step", n)`` to the parent about 100 times a run."""
-    every = max(1, spec.cfg.steps // 100)
-
-    def report(step: int) -> None:
-        if step % every == 0 or step == spec.cfg.steps:
-            conn.send(("step", step))
-    return report
-
-
-class _Worker:
-    """One worker process, its pipe, and the run it is training (``spec``; None: idle)."""
-
-    def __init__(self, ctx: Any, threads: int, plugins: tuple[str, ...]):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, daemon=True,
-                                args=(child, threads, plugins, os.getpid()))
-        self.proc.start()
-        child.close()
-        self.spec: RunSpec | None = None
-
-    def give(self, spec: RunSpec) -> None:
-        self.spec = spec
-        try:
-            self.conn.send(spec)
-        except OSError:  # it died while idle: reply() reports it
-            pass
-
-    def reply(self, progress: Progress) -> tuple[str, Any] | None:
-        """``("ok", (row, history))``, ``("error", why)`` when the run raised, ``("died",
-        why)`` when the process died, or None while it trains (its steps go to
-        ``progress``)."""
-        try:
-            while self.conn.poll():
-                message = self.conn.recv()
-                if message[0] != "step":
-                    return message
-                progress.step(message[1], self.spec.key if self.spec else None)
-        except (EOFError, OSError):
-            pass
-        else:
-            if self.proc.is_alive():
-                return None
-        self.proc.join(5)
-        code = self.proc.exitcode
-        how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else \
-            f"exit code {code}"
-        return "died", f"the worker process died ({how}) while training this run"
-
-    def stop(self) -> None:
-        self.conn.close()
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(5)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this process when its parent dies, even by kill -9
-    (PR_SET_PDEATHSIG); elsewhere the parent's closed pipe ends it after its current run."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _worker_main(conn: Any, threads: int, plugins: tuple[str, ...], parent: int) -> None:
-    """A pool worker: trains each run it is sent and replies, until its pipe closes."""
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
-    try:
-        _init_worker(threads, plugins)
-        broken = ""
-    except Exception as exc:  # the parent loaded the same plugins: reported per run
-        broken = f"worker start-up failed: {type(exc).__name__}: {exc}"
-    while True:
-        try:
-            spec = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            reply = ("error", broken) if broken else \
-                ("ok", run_spec(spec, _step_messages(conn, spec)))
-        except Exception as exc:
-            reply = ("error", f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
-
-
-def _execute_pool(plan: Plan, todo: list[RunSpec], store: ResultStore, workers: int,
-                  plugins: Sequence[str], progress: Progress) -> None:
-    """Worker processes (spawned; CPU threads divided among them) train one run each at a
-    time; this process writes every row. A worker that dies (killed, out of memory) makes
-    its run an ``error`` row, which a resume retries, and is replaced: the sweep goes on.
-    Workers die with this process, and are killed when it stops (Ctrl-C, a write error)."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
-    ctx = mp.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    queue = list(todo)
-    progress.phase(f"starting {workers} worker processes (each loads torch and its data)")
-    pool = [_Worker(ctx, threads, tuple(plugins)) for _ in range(min(workers, len(todo)))]
-    try:
-        while queue or any(w.spec for w in pool):
-            for w in pool:
-                if w.spec is None and queue:
-                    progress.start(queue[:1])
-                    w.give(queue.pop(0))
-            busy = [w for w in pool if w.spec is not None]
-            wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
-            for i, w in enumerate(pool):
-                reply = w.reply(progress) if w.spec is not None else None
-                if reply is None:
-                    continue
-                _pool_result(plan, store, progress, w.spec, reply)
-                w.spec = None
-                if reply[0] == "died":
-                    w.stop()
-                    pool[i] = _Worker(ctx, threads, tuple(plugins))
-    finally:
-        for w in pool:
-            w.stop()
-
-
-def _pool_result(plan: Plan, store: ResultStore, progress: Progress, spec: RunSpec,
-                 reply: tuple[str, Any]) -> None:
-    """Write a worker's reply: its row and history, or an ``error`` row saying why."""
-    kind, value = reply
-    if kind == "ok":
-        result, history = value
-    else:
-        out = RunOutcome(status="error", error=value)
-        result, history = result_of(spec, plan.data[spec.job.data_key], out), []
-    store.append(result, history)
-    progress.done(spec, result)
 
 
 # --------------------------------------------------------------------------- tuning
@@ -605,7 +447,7 @@ def run(requests: Sequence[JobRequest], root: Path, *, device: str = "cpu",
     """Plan, resume and execute; on rank 0 return the plan, its runs and the run directory.
 
     ``progress()`` makes a context manager that yields a ``Progress``: it is told of the
-    plan checks first, then of tuning trials and runs.
+    plan checks first, then of the runs.
     Under torchrun each rank runs its share and writes its own shard; ranks other than 0
     return None.
     """
@@ -614,12 +456,13 @@ def run(requests: Sequence[JobRequest], root: Path, *, device: str = "cpu",
         bars.phase("checking the plan, loading data")
         plan = make_plan(requests, device, bf16)
         store = ResultStore(root, shard=f"rank{rank}" if world > 1 else None)
-        if any(r.tune is not None for r in plan.runs):
-            if world > 1:
-                raise UsageError("tuning runs in one process (use a plain sweep under torchrun)")
-            plan = tune_plan(plan, store, bars)
-        mine = shard(plan.runs, rank, world)
         with store.locked(), _resumable(store.root):  # one writer per file; Ctrl-C names root
+            if any(r.tune is not None for r in plan.runs):  # trials are rows too: locked
+                if world > 1:
+                    raise UsageError("tuning runs in one process (use a plain sweep under "
+                                     "torchrun)")
+                plan = tune_plan(plan, store)
+            mine = shard(plan.runs, rank, world)
             done = store.finished_keys()
             if rank == 0:
                 store.write_meta(run_meta(plan, device, world_size=world, workers=workers,

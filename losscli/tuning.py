@@ -195,4 +195,4 @@ def settings_with(cfg, params: dict[str, Any]):
 
 
 def describe(params: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in sorted(params.items())})
+    return json.dumps(dict(sorted(params.items())))

@@ -1,10 +1,14 @@
 import os
 
-import pytest
-import torch
+# Deterministic CPU tests: a fixed thread count (set before torch loads) also keeps the
+# load-following thread governor (losscli.threads) off, so two runs of a test never train
+# at different counts. Subprocesses the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
 
-# Deterministic, quiet CPU tests; small thread count keeps the 2-core CI predictable.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

@@ -189,9 +189,25 @@ def test_check_flags_a_drop_beyond_tolerance_in_the_metric_direction(maximize):
     metric = "accuracy" if maximize else "rmse"
     base = make_baseline(_runs({"a": [0.90, 0.90, 0.90]}, metric, maximize))
     worse, better = (0.88, 0.95) if maximize else (0.92, 0.85)
-    assert compare(_runs({"a": [0.895] * 3}, metric, maximize), base)[0].ok
+    assert compare(_runs({"a": [0.896 if maximize else 0.904] * 3}, metric, maximize),
+                   base)[0].ok
     assert not compare(_runs({"a": [worse] * 3}, metric, maximize), base)[0].ok
     assert compare(_runs({"a": [better] * 3}, metric, maximize), base)[0].ok
+
+
+def test_check_uses_the_baseline_spread_and_states_what_it_catches():
+    from losscli.check import critical_drop, detectable
+
+    base = make_baseline(_runs({"a": [0.90, 0.91, 0.92]}))  # std 0.01, 3 seeds
+    crit = critical_drop(0.01, 3, 3)
+    assert crit == pytest.approx(3.746947 * 0.01 * math.sqrt(2 / 3), rel=1e-5)
+    assert compare(_runs({"a": [0.91 - crit + 0.001] * 3}), base)[0].ok
+    assert not compare(_runs({"a": [0.91 - crit - 0.001] * 3}), base)[0].ok
+    # a weakened loss that is also noisy does not hide behind its own spread
+    assert not compare(_runs({"a": [0.55, 0.95, 0.25]}), base)[0].ok
+    verdict = compare(_runs({"a": [0.91] * 3}), base)[0]
+    assert verdict.ok and verdict.tol == pytest.approx(detectable(0.01, 3, 3))
+    assert verdict.tol > crit
 
 
 def test_holm_correction_and_no_difference_detected():

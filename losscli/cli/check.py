@@ -95,11 +95,11 @@ def check(
 ) -> None:
     """Compare runs with a baseline; exit 1 on a regression in quality or convergence.
 
-    Quality per (job variant, loss): a one-sided Welch test of the current seeds against
-    the baseline's at a 1 % false-alarm rate (rows without seed spread: worse by more than
-    0.005); the table states the smallest drop each row would catch (80 % power). Steps to
-    target may grow by 25 % plus one eval interval; every seed that reached the target
-    must still.
+    Quality per (job variant, loss): a one-sided t-test of the current seeds against the
+    baseline's (its seed spread) at a 1 % false-alarm rate (rows without seed spread: worse
+    by more than 0.005); the table states the smallest drop each row would catch (80 %
+    power). Steps to target may grow by 25 % plus one eval interval; every seed that
+    reached the target must still.
     """
     from losscli.check import compare, read_baseline, write_junit
     from losscli.render import verdict_views

@@ -37,10 +37,15 @@ ColumnsOpt = Annotated[str | None, typer.Option(
 
 @contextlib.contextmanager
 def cpu_threads(n: int | None) -> Iterator[None]:
-    """torch's CPU threads set to ``n`` (None: unchanged) for the block, then restored, so
-    in-process callers (tests) keep their setting."""
+    """torch's CPU threads set to ``n`` for the block, then restored, so in-process callers
+    (tests) keep their setting. None: the load-following governor of ``losscli.threads``
+    picks each run's count (unless ``OMP_NUM_THREADS`` fixes it)."""
     import torch
 
+    from losscli import threads
+
+    if n is None:
+        threads.govern_torch_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(n or previous)
     try:
