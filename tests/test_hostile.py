@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -819,10 +820,17 @@ def test_a_full_disk_ends_with_exit_1_and_intact_rows(tmp_path, monkeypatch, cod
     _assert_each_run_once(out, planned=5)
 
 
-def _sweep_in_child(args: list[str]) -> None:
-    """A forked child: the sweep command in-process (no start-up cost), then exit."""
+def _sweep_in_child(args: list[str], log: Path) -> None:
+    """A forked child: the sweep command in-process (no start-up cost), then exit; what
+    went wrong, if anything, is appended to ``log``."""
     torch.set_num_threads(1)
-    os._exit(CliRunner().invoke(app, args).exit_code)
+    res = CliRunner().invoke(app, args)
+    if res.exit_code:
+        with open(log, "a") as f:
+            f.write(f"exit {res.exit_code}: {res.output[-3000:]}\n")
+            if res.exc_info:
+                f.write("".join(traceback.format_exception(*res.exc_info)))
+    os._exit(res.exit_code)
 
 
 def _lines(out: Path) -> int:
@@ -856,14 +864,15 @@ def test_kill_9_twenty_times_then_resume_runs_everything_exactly_once(tmp_path):
     suite, out = _suite(tmp_path, seeds=6, steps=20), tmp_path / "run"
     args = ["sweep", str(suite), "--out", str(out), "--device", "cpu", "--quiet",
             "--vectorise", "never"]
-    rng, counts, codes = random.Random(14), [], []
+    rng, counts, codes, log = random.Random(14), [], [], tmp_path / "children.log"
     for _ in range(20):
-        child = mp.get_context("fork").Process(target=_sweep_in_child, args=(args,))
+        child = mp.get_context("fork").Process(target=_sweep_in_child, args=(args, log))
         child.start()
         _kill_at_random(child, out, rng)
         counts.append(len(read_runs(out)))
         codes.append(child.exitcode)
     print("rows after each kill -9:", counts, "exit codes:", codes)
+    assert set(codes) <= {-signal.SIGKILL, 0}, log.read_text()  # killed, or finished cleanly
     assert counts == sorted(counts)  # a finished run is never lost
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
