@@ -2,11 +2,15 @@
 
 Each row runs our registered loss (through ``create_loss``) and its peer on the same inputs
 at a realistic size, alternating ours/peer within every repeat in one process, and prints
-the median of each and their ratio (ours / peer; > 1 means ours is slower). Rows whose
-loss is not registered or whose peer package is not installed are skipped.
+the median of each, their ratio (ours / peer; > 1 means ours is slower) and the relative
+gap between the two loss values (untimed: a peer labelled "speed only" or "no ..." computes
+something else). Rows whose loss is not registered or whose peer package is not installed
+are skipped. Peers: torch, torchvision, MONAI, segmentation_models_pytorch, kornia,
+pytorch_msssim, torchmetrics.
 
     python benchmarks/losses.py --repeats 20
     python benchmarks/losses.py --only ce,dice,ssim --device cuda
+    OMP_NUM_THREADS=1 python benchmarks/losses.py --clock cpu   # a machine busy with other work
 
 To add a row, append a ``Row`` to ``ROWS``: our spec, an input size from ``SIZES``, the
 peer's label and a factory returning ``peer(pred, target) -> scalar``, plus an optional
@@ -72,6 +76,11 @@ def _segmentation(g: torch.Generator, log_probs: bool = False) -> Pair:
     return (x.log_softmax(1) if log_probs else x), t
 
 
+def _binary_segmentation(g: torch.Generator) -> Pair:
+    x = torch.randn(16, 1, 128, 128, generator=g)
+    return x, (torch.rand(16, 128, 128, generator=g) < 0.3).float()
+
+
 def _images(g: torch.Generator, side: int = 128) -> Pair:
     x = torch.rand(16, 3, side, side, generator=g)
     return x, (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
@@ -87,6 +96,7 @@ SIZES: dict[str, tuple[str, Callable[[torch.Generator], Pair]]] = {
     "boxes": ("69856 boxes", _boxes),
     "seg": ("16x4x128x128", _segmentation),
     "seg_logp": ("16x4x128x128 log-probs", lambda g: _segmentation(g, log_probs=True)),
+    "seg_bin": ("16x1x128x128", _binary_segmentation),
     "img": ("16x3x128x128", _images),
     "img192": ("16x3x192x192", lambda g: _images(g, side=192)),  # MS-SSIM needs > 160 px
 }
@@ -117,7 +127,11 @@ def _monai(cls: str, **kwargs) -> Callable[[], Callable]:
     def make() -> Callable:
         import monai.losses
 
-        return getattr(monai.losses, cls)(softmax=True, to_onehot_y=True, **kwargs)
+        try:
+            return getattr(monai.losses, cls)(softmax=True, to_onehot_y=True, **kwargs)
+        except TypeError as exc:  # e.g. ignore_index, new in MONAI 1.5: skip the row
+            raise ImportError(f"monai.losses.{cls}({', '.join(kwargs)})",
+                              name=f"a MONAI with {', '.join(kwargs)}") from exc
 
     return make
 
@@ -128,6 +142,20 @@ def _smp_dice() -> Callable:
     # the peer with ignore_index support; it zeroes classes absent from the target, so its
     # values differ from ours (MONAI's convention): a speed peer only
     return DiceLoss("multiclass", from_logits=True, ignore_index=-100)
+
+
+def _kornia(name: str, scale: float = 1.0, **kwargs) -> Callable[[], Callable]:
+    """``scale * kornia.losses.<name>(pred, target, **kwargs)``."""
+
+    def make() -> Callable:
+        import kornia.losses
+
+        fn = getattr(kornia.losses, name)
+        if scale == 1.0:
+            return lambda p, t: fn(p, t, **kwargs)
+        return lambda p, t: scale * fn(p, t, **kwargs)
+
+    return make
 
 
 def _msssim(name: str) -> Callable[[], Callable]:
@@ -178,12 +206,38 @@ ROWS: list[Row] = [
         _tv("generalized_box_iou_loss")),
     Row("diou", "boxes", "torchvision distance_box_iou_loss", _tv("distance_box_iou_loss")),
     Row("ciou", "boxes", "torchvision complete_box_iou_loss", _tv("complete_box_iou_loss")),
-    Row("dice", "seg", "monai DiceLoss", _monai("DiceLoss"), _channel_target),
-    Row("dice", "seg", "smp DiceLoss(ignore_index)", _smp_dice),
-    Row("jaccard", "seg", "monai DiceLoss(jaccard)", _monai("DiceLoss", jaccard=True),
+    # MONAI with ignore_index masks like ours (same semantics); without it, it skips the
+    # mask (what the mask costs us: results/benchmarks/losses-cpu.txt)
+    Row("dice", "seg", "monai DiceLoss(ignore_index)", _monai("DiceLoss", ignore_index=-100),
         _channel_target),
-    Row("tversky", "seg", "monai TverskyLoss", _monai("TverskyLoss"), _channel_target),
-    Row("dice_ce", "seg", "monai DiceCELoss", _monai("DiceCELoss"), _channel_target),
+    Row("dice", "seg", "monai DiceLoss: no ignore_index", _monai("DiceLoss"), _channel_target),
+    Row("dice", "seg", "smp DiceLoss(ignore_index)", _smp_dice),
+    # kornia: eps on the denominator only (ours smooth_nr = smooth_dr = 1e-5: the same float
+    # here); macro averages the classes present in the image (all are, here)
+    Row("dice", "seg", "kornia dice_loss(macro, eps=1e-5)",
+        _kornia("dice_loss", average="macro", eps=1e-5)),
+    # kornia's default pools the classes of an image into one Dice: other values, speed only
+    Row("dice", "seg", "kornia dice_loss(micro): speed only", _kornia("dice_loss")),
+    Row("jaccard", "seg", "monai DiceLoss(jaccard, ignore_index)",
+        _monai("DiceLoss", jaccard=True, ignore_index=-100), _channel_target),
+    Row("jaccard", "seg", "monai DiceLoss(jaccard): no ignore_index",
+        _monai("DiceLoss", jaccard=True), _channel_target),
+    Row("tversky", "seg", "monai TverskyLoss(ignore_index)",
+        _monai("TverskyLoss", ignore_index=-100), _channel_target),
+    Row("tversky", "seg", "monai TverskyLoss: no ignore_index", _monai("TverskyLoss"),
+        _channel_target),
+    Row("tversky", "seg", "kornia tversky_loss(eps=1e-5)",
+        _kornia("tversky_loss", alpha=0.5, beta=0.5, eps=1e-5)),
+    # kornia's mean divides by C x pixels: times C it is ours (mean over pixels)
+    Row("focal", "cls", "kornia focal_loss x C", _kornia("focal_loss", 1000, alpha=None,
+                                                         reduction="mean")),
+    Row("focal", "seg", "kornia focal_loss x C", _kornia("focal_loss", 4, alpha=None,
+                                                         reduction="mean")),
+    Row("lovasz:classes=all", "seg", "kornia lovasz_softmax_loss",
+        _kornia("lovasz_softmax_loss")),
+    Row("lovasz", "seg_bin", "kornia lovasz_hinge_loss", _kornia("lovasz_hinge_loss")),
+    Row("dice_ce", "seg", "monai DiceCELoss: no ignore_index", _monai("DiceCELoss"),
+        _channel_target),
     Row("ssim", "img", "pytorch_msssim ssim", _msssim("ssim")),
     Row("ms_ssim", "img192", "pytorch_msssim ms_ssim", _msssim("ms_ssim")),
     Row("psnr", "img", "torchmetrics PSNR", _torchmetrics_psnr),
@@ -198,64 +252,85 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)  # a host sync, on purpose: the timer must see the work
 
 
-def _fwd_bwd_ms(fn: Callable, pred: Tensor, target: Tensor, device: torch.device) -> float:
+CLOCKS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter,
+    # CPU seconds of this process: time spent waiting for a core that other work holds does
+    # not count (CPU device only; a GPU kernel's time is not the host's CPU time)
+    "cpu": time.process_time,
+}
+
+
+def _fwd_bwd_ms(fn: Callable, pred: Tensor, target: Tensor, device: torch.device,
+                clock: Callable[[], float] = time.perf_counter) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     loss = fn(pred, target)
     torch.autograd.grad(loss, pred)
     _sync(device)
-    return 1000 * (time.perf_counter() - start)
+    return 1000 * (clock() - start)
+
+
+def _relative_gap(ours: Tensor, theirs: Tensor) -> float:
+    """``|ours - theirs| / |theirs|`` of the two losses' values (untimed)."""
+    a, b = float(ours.detach().double()), float(theirs.detach().double())
+    return abs(a - b) / max(abs(b), 1e-30)
 
 
 def time_row(
-    row: Row, device: torch.device, repeats: int, warmup: int, stat: Callable = statistics.median
-) -> tuple[float, float]:
+    row: Row, device: torch.device, repeats: int, warmup: int, stat: Callable = statistics.median,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float, float]:
     """``stat`` (median) of fwd+bwd ms of (ours, peer), alternating which goes first in
-    each repeat."""
+    each repeat, and the relative gap between the two loss values."""
     ours = create_loss(row.spec)
     peer = row.make_peer()
     pred, target = SIZES[row.size][1](torch.Generator().manual_seed(0))
     pred, target = pred.to(device).requires_grad_(), target.to(device)
     peer_pred, peer_target = row.prepare(pred, target)
     calls = [(ours, pred, target), (peer, peer_pred, peer_target)]
+    gap = _relative_gap(ours(pred, target), peer(peer_pred, peer_target))
     for _ in range(warmup):
         for fn, p, t in calls:
-            _fwd_bwd_ms(fn, p, t, device)
+            _fwd_bwd_ms(fn, p, t, device, clock)
     times: list[list[float]] = [[], []]
     for r in range(repeats):
         for i in ((0, 1) if r % 2 == 0 else (1, 0)):
             fn, p, t = calls[i]
-            times[i].append(_fwd_bwd_ms(fn, p, t, device))
-    return stat(times[0]), stat(times[1])
+            times[i].append(_fwd_bwd_ms(fn, p, t, device, clock))
+    return stat(times[0]), stat(times[1]), gap
 
 
 def run(
-    rows: list[Row], device: torch.device, repeats: int, warmup: int, stat: Callable
+    rows: list[Row], device: torch.device, repeats: int, warmup: int, stat: Callable,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[tuple]:
+    """One ``(spec, size, peer, ours ms, peer ms, value gap, note)`` per row."""
     results = []
     for row in rows:
         label = SIZES[row.size][0]
         try:
             create_loss(row.spec)
-            ours_ms, peer_ms = time_row(row, device, repeats, warmup, stat)
+            ours_ms, peer_ms, gap = time_row(row, device, repeats, warmup, stat, clock)
         except UnknownNameError:
-            results.append((row.spec, label, row.peer, None, None, "not registered"))
+            results.append((row.spec, label, row.peer, None, None, None, "not registered"))
             continue
         except ImportError as exc:
-            results.append((row.spec, label, row.peer, None, None, f"peer missing: {exc.name}"))
+            results.append((row.spec, label, row.peer, None, None, None,
+                            f"peer missing: {exc.name}"))
             continue
-        results.append((row.spec, label, row.peer, ours_ms, peer_ms, ""))
+        results.append((row.spec, label, row.peer, ours_ms, peer_ms, gap, ""))
     return results
 
 
 def render(results: list[tuple], title: str) -> None:
-    header = ("loss", "size", "peer", "ours ms", "peer ms", "ratio")
+    header = ("loss", "size", "peer", "ours ms", "peer ms", "ratio", "value gap")
     body = []
-    for spec, size, peer, ours, theirs, note in results:
+    for spec, size, peer, ours, theirs, gap, note in results:
         if ours is None:
-            body.append((spec, size, peer, "-", "-", note))
+            body.append((spec, size, peer, "-", "-", note, ""))
         else:
-            body.append((spec, size, peer, f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.2f}"))
+            body.append((spec, size, peer, f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.2f}",
+                         f"{gap:.0e}"))
     try:
         from rich.console import Console
         from rich.table import Table
@@ -283,18 +358,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="min is steadier on a machine shared with other work")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="cpu: this process's CPU time, steadier on a busy machine (CPU only)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         parser.error("--repeats must be >= 1, --warmup and --threads >= 0")
+    device = torch.device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu times the host only: use it with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
-    rows = [r for r in ROWS if not wanted or r.spec in wanted]
-    device = torch.device(args.device)
+    rows = [r for r in ROWS if not wanted or r.spec in wanted or r.spec.split(":")[0] in wanted]
     title = (f"loss forward+backward, {args.stat} of {args.repeats} interleaved repeats on "
-             f"{device} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+             f"{device}, {args.clock} clock (torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads)")
     stat = statistics.median if args.stat == "median" else min
-    render(run(rows, device, args.repeats, args.warmup, stat), title)
+    render(run(rows, device, args.repeats, args.warmup, stat, CLOCKS[args.clock]), title)
 
 
 if __name__ == "__main__":

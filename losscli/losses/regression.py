@@ -254,11 +254,17 @@ def gaussian_nll_loss(
     if not eps > 0:
         raise ValueError(f"gaussian_nll: eps must be > 0, got {eps}")
     check_reduction(reduction)
-    mean, var = pred.unbind(-1)
+    # one copy de-interleaves mean and variance: every op after it reads contiguous memory
+    # (on CPU the strided pred[..., 0] / pred[..., 1] made the loss 1.15x torch's, the copy
+    # 0.8x, measured at 8x8732x4 on 1 thread)
+    mean, var = pred.movedim(-1, 0).contiguous()
     # value clamped, gradient straight through (torch's behaviour); out of place, so that
-    # torch.func.vmap (vectorised seeds) can batch it
-    var = var + (var.clamp(min=eps) - var).detach()
-    loss = 0.5 * (torch.log(var) + (mean - target) ** 2 / var)
+    # torch.func.vmap (vectorised seeds) can batch it, and on the detached values: no graph
+    v = var.detach()
+    var = var + (v.clamp(min=eps) - v)
+    loss = torch.log(var) + (mean - target) ** 2 / var
     if full:
-        loss = loss + 0.5 * math.log(2 * math.pi)
-    return reduce_loss(loss, reduction, weight, avg_factor)
+        loss = loss + math.log(2 * math.pi)
+    # the 0.5 after the reduction (a scalar op, not a full-size one): the same bits, as
+    # scaling by a power of 2 commutes with rounding
+    return 0.5 * reduce_loss(loss, reduction, weight, avg_factor)
