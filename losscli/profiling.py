@@ -48,9 +48,11 @@ class StepProfile:
 
 def _in_optimizer_step(event) -> bool:
     """Inside ``Optimizer.step``: torch's Adam reads its step count with ``.item()``, but
-    that count lives on the CPU (unless capturable or fused), so no device is waited on."""
+    that count lives on the CPU (unless capturable or fused), so no device is waited on.
+    Inside ``aten::_assert_async`` too: on CPU it reads its flag at once, on CUDA it is a
+    device-side assert that never waits (dice_ce checks its labels that way)."""
     while event is not None:
-        if event.name.startswith("Optimizer.step"):
+        if event.name.startswith("Optimizer.step") or event.name == "aten::_assert_async":
             return True
         event = event.cpu_parent
     return False
