@@ -152,3 +152,16 @@ def test_list_tasks_shows_where_a_plugin_job_came_from():
     assert "from plugin" in text and "my_job.py" in text
     res = runner.invoke(app, ["list", "tasks", "my_job", "--plugin", str(EXAMPLE)])
     assert res.exit_code == 0 and "--n-train" in res.output
+
+
+def test_suite_of_a_plugin_job_in_worker_processes(tmp_path):
+    """Workers load the plugin before they unpickle its job: a pooled sweep trains it."""
+    suite = tmp_path / "spirals.toml"
+    suite.write_text('name = "spirals"\nseeds = 2\n\n[[job]]\ntask = "my_job"\n'
+                     'losses = ["ce"]\nsteps = 40\noptions = { n_train = 256 }\n')
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["sweep", str(suite), "--plugin", str(EXAMPLE), "--workers", "2",
+                              "--quiet", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 2 and set(runs["status"]) == {"ok"} and set(runs["job"]) == {"my_job"}
