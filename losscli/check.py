@@ -8,7 +8,8 @@ baseline mean by more than ``t(0.99, n_b + n_c - 2) x std_b x sqrt(1/n_b + 1/n_c
 the smallest regression it would catch with 80 % power (``detectable``), so a reader
 knows what "ok" rules out.
 The old fixed tolerance, ``max(ATOL, RTOL * |mean|, K_STD * std)``, accepted a 0.33 AUPRC
-drop on the CI suite; it stays only as ``tolerance`` for ``diff``'s quick reading.
+drop on the CI suite; ``tolerance`` keeps that old rule for comparison only (``check`` and
+``diff`` do not use it).
 
 Convergence may be slower by at most ``STEPS_RTOL`` of the baseline's steps to target
 plus one eval interval; a loss that reached the target on every seed must still reach it.

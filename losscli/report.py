@@ -24,7 +24,7 @@ from losscli.results import (  # noqa: E402
     seed_stats,
     with_variant,
 )
-from losscli.stats import ALPHA, _welch_p, compare  # noqa: E402
+from losscli.stats import ALPHA, compare, welch_p  # noqa: E402
 
 __all__ = ["FindingResult", "build_report", "evaluate_finding", "ranking"]
 
@@ -148,7 +148,7 @@ def _paired(finding, spec: str, cand: pd.Series, base: pd.Series) -> dict | None
     a, b = cand[seeds].to_numpy(float), base[seeds].to_numpy(float)
     diff = (1 if finding.maximize else -1) * (a - b)
     return {"cand": a.mean(), "base": b.mean(), "diff": diff.mean(),
-            "wins": int((diff > 0).sum()), "n": len(seeds), "p": _welch_p(a, b)}
+            "wins": int((diff > 0).sum()), "n": len(seeds), "p": welch_p(a, b)}
 
 
 def _verdict(t: dict | None) -> str:

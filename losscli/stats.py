@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-__all__ = ["ALPHA", "across_variants", "compare", "recommend", "recommendations",
+__all__ = ["ALPHA", "across_variants", "compare", "recommend", "recommendations", "welch_p",
            "variant_tables"]
 
 ALPHA = 0.05
@@ -29,7 +29,7 @@ UNIT_METRICS = {"accuracy", "f1_macro", "ece", "auprc", "auroc", "f1_best",
 NONNEGATIVE_METRICS = {"rmse", "mae", "nll", "lpips", "psnr"}
 
 
-def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
+def welch_p(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Welch p; identical samples give 1, two constant different ones 0."""
     if len(a) < 2 or len(b) < 2:
         return math.nan
@@ -82,7 +82,7 @@ def compare(values: dict[str, np.ndarray], maximize: bool, metric: str = "") -> 
                       for i, m in enumerate(df["mean"])]
     df["hedges_g"] = [math.nan if i == 0 else _hedges_g(best, v) * sign
                       for i, v in enumerate(df["values"])]
-    df["p"] = [math.nan if i == 0 else _welch_p(best, v) for i, v in enumerate(df["values"])]
+    df["p"] = [math.nan if i == 0 else welch_p(best, v) for i, v in enumerate(df["values"])]
     tested = df["p"].notna()
     df["p_holm"] = math.nan
     if tested.any():
