@@ -21,8 +21,9 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["ALL", "Column", "Fitted", "Spec", "fmt_num", "fmt_target", "min_width",
-           "per_seed_view", "records", "summary_columns", "summary_view", "verdict_views"]
+__all__ = ["ALL", "Column", "Fitted", "Spec", "column_keys", "fmt_num", "fmt_target",
+           "min_width", "per_seed_view", "records", "summary_columns", "summary_view",
+           "verdict_views"]
 
 ALL = ("all",)  # ``columns=ALL``: every column, however wide the table gets
 
@@ -252,6 +253,17 @@ def summary_view(rows, *, title: str, metric: str, target: float | None,
             "evals): more steps may change the ranking") if still else ""
     return Fitted(primary, extra, [r for _, r in rows.iterrows()], title=title, note=note,
                   columns=columns)
+
+
+def column_keys(metrics: Iterable[str]) -> list[str]:
+    """Every name ``--columns`` takes for a summary of runs scoring ``metrics`` (the
+    primary columns first): the keys ``summary_columns`` would draw."""
+    import pandas as pd
+
+    rows = pd.DataFrame(columns=["diverged", "errors", "val_mean",
+                                 *[f"{m}_mean" for m in metrics]])
+    primary, extra = summary_columns(rows, "", None)
+    return [c.key for c in [*primary, *extra]]
 
 
 def per_seed_view(runs, *, title: str, metric: str, target: float | None) -> Fitted:

@@ -300,6 +300,26 @@ def test_show_reprints_the_table_and_formats(run80):
     assert missing.exit_code == 2 and "not a directory" in missing.output
 
 
+def test_unknown_column_is_a_usage_error_naming_the_valid_ones(run80):
+    _, out = run80
+    res = runner.invoke(app, ["show", str(out), "--columns", "ece,bogus"])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "'bogus'" in text and "valid:" in text
+    for name in ("best", "auc", "ece", "nll", "samples_s", "loss_ms", "all"):
+        assert name in text.split("valid:")[1]
+    near = runner.invoke(app, ["show", str(out), "--columns", "samples"])
+    assert near.exit_code == 2 and "did you mean 'samples_s'" in near.output
+    assert runner.invoke(app, ["show", str(out), "--columns", "ece,nll"]).exit_code == 0
+
+
+def test_unknown_column_stops_train_before_it_trains(tmp_path):
+    res = runner.invoke(app, ["train", "--task", "mnist", "--steps", "1", "--out",
+                              str(tmp_path / "run"), "--columns", "miou", "--threads", "1"])
+    assert res.exit_code == 2 and "'miou'" in res.output  # a seg metric, not mnist's
+    assert not (tmp_path / "run" / "runs.csv").exists()
+
+
 def test_diff_uses_the_check_rule(run80, tmp_path):
     _, out = run80
     same = runner.invoke(app, ["diff", str(out), str(out)])

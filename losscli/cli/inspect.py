@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +38,10 @@ def show(
     CSV or JSON; `--per-seed` gives one row per run."""
     from losscli.cli.running import show_runs, table_columns
 
-    show_runs(_read(run_dir), run_dir, fmt, columns=table_columns(wide, columns),
+    runs = _read(run_dir)
+    metrics = {m for cell in runs["test_metrics"] if isinstance(cell, str) and cell
+               for m in json.loads(cell)}
+    show_runs(runs, run_dir, fmt, columns=table_columns(wide, columns, metrics),
               per_seed=per_seed)
 
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -61,16 +61,28 @@ def loading(quiet: bool, text: str = "loading torch and the loss library"
     return contextlib.nullcontext() if quiet else err.status(text, spinner="dots")
 
 
-def table_columns(wide: bool, columns: str | None) -> tuple[str, ...] | None:
-    """``--wide``/``--columns`` as ``render.Fitted``'s ``columns``."""
-    from losscli.render import ALL
+def table_columns(wide: bool, columns: str | None, metrics: Iterable[str] = ()
+                  ) -> tuple[str, ...] | None:
+    """``--wide``/``--columns`` as ``render.Fitted``'s ``columns``; a name that is no column
+    of a summary scoring ``metrics`` is a usage error naming the valid ones."""
+    from losscli.errors import UsageError, close_matches
+    from losscli.render import ALL, column_keys
 
     if wide:
         return ALL
     if columns is None:
         return None
     names = tuple(c.strip().lower() for c in columns.split(",") if c.strip())
-    return ALL if "all" in names else names
+    if "all" in names:
+        return ALL
+    valid = column_keys(metrics)
+    for name in names:
+        if name not in valid:
+            near = close_matches(name, valid)
+            hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+            raise UsageError(f"--columns: no column {name!r}{hint}; valid: "
+                             f"{', '.join([*valid, 'all'])}")
+    return names
 
 
 def seed_label(seeds: Sequence[int]) -> str:
@@ -285,16 +297,18 @@ def _print_tables(frame, runs, columns, per_seed: bool) -> None:
             if per_seed else summary_view(rows, title=title, metric=metric, target=r["target"],
                                           columns=columns)
         out.print(view, crop=False)
-        if not per_seed and view.unknown_columns():
-            err.print(f"warning: no column {', '.join(view.unknown_columns())} in this table; "
+        unknown = [c for c in view.unknown_columns() if c != metric]  # shown already
+        if not per_seed and unknown:
+            err.print(f"warning: no column {', '.join(unknown)} in this table; "
                       f"--columns takes {', '.join(view.known_columns())}", style="yellow",
                       highlight=False, markup=False)
 
 
-def finish(result, fmt: OutputFormat, *, per_seed: bool, wide: bool, columns: str | None
+def finish(result, fmt: OutputFormat, *, per_seed: bool, columns: tuple[str, ...] | None
            ) -> None:
-    """The end of a command that trained: the summary, errored runs named, exit 1 if any."""
-    render_summary(result, fmt, columns=table_columns(wide, columns), per_seed=per_seed)
+    """The end of a command that trained: the summary (``columns`` from ``table_columns``,
+    checked before training), errored runs named, exit 1 if any."""
+    render_summary(result, fmt, columns=columns, per_seed=per_seed)
     if report_errors(result.runs):
         raise typer.Exit(EXIT_FAILED)
 

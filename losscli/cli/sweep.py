@@ -51,16 +51,18 @@ def sweep(
     sweep ...` each rank runs its share of the plan and writes its own shard.
     """
     from losscli.cli.common import cli_device
-    from losscli.cli.running import cpu_threads, finish, loading, progress_factory
+    from losscli.cli.running import cpu_threads, finish, loading, progress_factory, table_columns
 
     with loading(quiet):
+        from losscli.jobs import create_job
+        from losscli.suite import load_suite
         from losscli.sweep import load_plugins, make_plan, run_suite
 
     plugins = load_plugins(plugin or [])
+    suite = load_suite(suite_file)
+    shown = table_columns(wide, columns, {m for r in suite.requests
+                                          for m in create_job(r.task, **r.options).metrics})
     if dry_run:
-        from losscli.suite import load_suite
-
-        suite = load_suite(suite_file)
         with loading(quiet, "checking the plan, loading data"):
             plan = make_plan(suite.requests, cli_device(device), bf16)
         out.print(_plan_table(plan, out_dir or Path("results") / "runs" / suite.name))
@@ -71,7 +73,7 @@ def sweep(
                            progress=progress_factory(quiet))
     if result is None:  # a rank other than 0
         return
-    finish(result, fmt, per_seed=per_seed, wide=wide, columns=columns)
+    finish(result, fmt, per_seed=per_seed, columns=shown)
 
 
 def _plan_table(plan, root: Path):

@@ -99,9 +99,10 @@ def train(
     Everything but the loss is fixed: data, model, optimizer, budget and seeds. Results go
     to a run directory (runs.csv, history.csv, meta.json); the summary (mean ± std over
     seeds, ranked by the job's primary metric) goes to stdout."""
-    from losscli.cli.running import cpu_threads, finish, loading, progress_factory
+    from losscli.cli.running import cpu_threads, finish, loading, progress_factory, table_columns
 
     with loading(quiet):
+        from losscli.jobs import create_job
         from losscli.settings import Settings
         from losscli.sweep import load_plugins, run
 
@@ -111,12 +112,13 @@ def train(
     plugins = load_plugins(plugin or [])
     request = _request(ctx, task, loss, range(first_seed, first_seed + seeds), settings,
                        opt, tune)
+    shown = table_columns(wide, columns, create_job(request.task, **request.options).metrics)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     with cpu_threads(threads):
         result = run([request], out_dir or Path("results") / "runs" / f"{stamp}-{task}",
                      device=cli_device(device), bf16=bf16, plugins=plugins,
                      vectorise=vectorise.value, progress=progress_factory(quiet))
-    finish(result, fmt, per_seed=per_seed, wide=wide, columns=columns)
+    finish(result, fmt, per_seed=per_seed, columns=shown)
 
 
 def _request(ctx: typer.Context, task: str, losses, seeds, settings, opt, tune):
