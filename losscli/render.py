@@ -23,7 +23,7 @@ from rich.text import Text
 
 __all__ = ["ALL", "Column", "Fitted", "Spec", "column_keys", "fmt_num", "fmt_target",
            "min_width", "per_seed_view", "records", "summary_columns", "summary_view",
-           "verdict_views"]
+           "tuned_text", "verdict_views"]
 
 ALL = ("all",)  # ``columns=ALL``: every column, however wide the table gets
 
@@ -165,6 +165,17 @@ def _in_order(cols: Iterable[Column], order: Sequence[Column]) -> list[Column]:
     return [c for c in order if c.key in keys]
 
 
+def tuned_text(tuned) -> str:
+    """The tuned settings (runs.csv ``tuned``, JSON) as ``lr=0.0316, focal.gamma=2``."""
+    import json
+
+    if not isinstance(tuned, str) or not tuned:
+        return "–"
+    values = json.loads(tuned)
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
+
+
 def _status(r) -> Text:
     text = Text(f"{r['ok']}/{r['runs']}")
     if r["diverged"]:
@@ -185,6 +196,8 @@ def summary_columns(rows, metric: str, target: float | None) -> tuple[list[Colum
     primary = [
         Column("rank", "#", lambda r: str(r["rank"])),
         Column("loss", "loss", lambda r: Spec(str(r["loss"]), "bold"), number=False),
+        *([Column("tuned", "tuned", lambda r: Spec(tuned_text(r["tuned"])), number=False)]
+          if "tuned" in rows.columns and rows["tuned"].fillna("").astype(bool).any() else []),
         Column("metric", f"{metric} (test)", lambda r: mean_std(r["final_mean"],
                                                                  r["final_std"])),
         Column("steps", f"steps→{fmt_target(target)}", lambda r: (

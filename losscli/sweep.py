@@ -377,6 +377,8 @@ def tune_plan(plan: Plan, store: ResultStore, progress: Progress | None = None) 
             runs += group
             continue
         space = first.tune.grid(first.loss, first.cfg.lr)
+        progress.phase(f"tuning {first.job.name} {first.loss.spec}: "
+                       f"{budgets[_variant_of(first)]} trials on validation")
         params = tuning.tune_group(
             space, budgets[_variant_of(first)], first.job.maximize, first.cfg.steps,
             lambda n, p, ask, first=first: _trial(plan, store, first, n, p, ask, stored,
@@ -461,7 +463,7 @@ def run(requests: Sequence[JobRequest], root: Path, *, device: str = "cpu",
                 if world > 1:
                     raise UsageError("tuning runs in one process (use a plain sweep under "
                                      "torchrun)")
-                plan = tune_plan(plan, store)
+                plan = tune_plan(plan, store, bars)
             mine = shard(plan.runs, rank, world)
             done = store.finished_keys()
             if rank == 0:

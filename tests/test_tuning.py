@@ -3,6 +3,8 @@ final runs on fresh seeds, and kill -9 / resume with every trial exactly once.""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,8 +80,12 @@ def _cmd(out) -> list[str]:
 
 def test_tuned_train_then_kill_9_resumes_every_trial_exactly_once(tmp_path):
     ref = tmp_path / "ref"
-    subprocess.run(_cmd(ref), check=True, capture_output=True, timeout=600)
+    shown = subprocess.run(_cmd(ref), check=True, capture_output=True, timeout=600, text=True,
+                           env={**os.environ, "COLUMNS": "100"})
     want = pd.read_csv(ref / "runs.csv")
+    # the table names each loss's chosen learning rate
+    for lr in want.loc[want["phase"] == "final", "tuned"].map(lambda t: json.loads(t)["lr"]):
+        assert f"lr={lr:g}" in shown.stdout
     assert set(want["phase"]) == {"tune", "final"}
     assert (want["phase"] == "tune").sum() == 14  # 7 lrs x 2 losses, the same budget each
     final = want[want["phase"] == "final"]

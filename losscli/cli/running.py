@@ -18,6 +18,7 @@ from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from losscli.cli.common import EXIT_FAILED, OutputFormat, err, out
+from losscli.render import tuned_text
 
 __all__ = ["ColumnsOpt", "PerSeedOpt", "RunProgress", "ThreadsOpt", "WideOpt", "cpu_threads",
            "finish", "loading", "progress_factory", "render_summary", "report_errors", "seed_label",
@@ -193,6 +194,8 @@ class RunProgress:
     def start(self, specs) -> None:
         first = specs[0]
         label = f"{first.job.name} {first.loss.spec} · {seed_label([s.seed for s in specs])}"
+        if getattr(first, "phase", "run") == "tune":
+            label = f"tuning {first.job.name} {first.loss.spec} · trial {first.trial}"
         task = self.progress.add_task(escape(label), total=first.cfg.steps, t0=None)
         self.running[first.key] = _Running(task, list(specs), pending={s.key for s in specs})
         self.group_of |= {s.key: first.key for s in specs}
@@ -234,7 +237,12 @@ class RunProgress:
 
 
 def _finished_line(spec, result) -> str:
-    colour = {"ok": "green", "diverged": "yellow"}.get(result.status, "red")
+    colour = {"ok": "green", "diverged": "yellow", "pruned": "blue"}.get(result.status, "red")
+    if getattr(spec, "phase", "run") == "tune":  # a trial is scored on validation only
+        return f"[{colour}]{result.status:>8}[/] " + escape(
+            f"tuning {spec.job.name} trial {spec.trial} ({tuned_text(spec.tuned)}): "
+            f"{result.primary_metric} val {result.val_final:.4f} (rung {result.rung}), "
+            f"{result.train_seconds:.1f} s")
     together = f" (stacked ×{result.seeds_together})" if result.seeds_together > 1 else ""
     return f"[{colour}]{result.status:>8}[/] " + escape(
         f"{spec.job.name} {spec.loss.spec} seed {spec.seed}: {result.primary_metric} "
