@@ -55,7 +55,7 @@ def bench_minimal(job, data, loss, cfg) -> float:
     device = torch.device(cfg.device)
     model = prepare_model(job.build_model(data), device)
     opt = make_optimizer(cfg, model.parameters())
-    objective = job.bind(loss)
+    objective = job.bind(loss, data)
     gen = torch.Generator(device=device).manual_seed(0)
     (train_x, train_y), bs = train_tensors(data), cfg.batch_size
     n = len(train_x)
@@ -83,7 +83,7 @@ def bench_script(job, data, loss, cfg) -> float:
     device = torch.device(cfg.device)
     model = job.build_model(data).to(device)
     opt = make_optimizer(cfg, model.parameters())
-    objective = job.bind(loss)
+    objective = job.bind(loss, data)
     cpu = tuple(t.cpu() for t in train_tensors(data))
     loader = DataLoader(TensorDataset(*cpu), batch_size=cfg.batch_size, shuffle=True,
                         drop_last=True)

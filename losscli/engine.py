@@ -148,7 +148,7 @@ class SingleTrainer:
         self.model = prepare_model(job.build_model(data), self.device)
         self.cfg = cfg
         self.opt = make_optimizer(cfg, self.model.parameters())
-        self.objective = job.bind(loss)
+        self.objective = job.bind(loss, data)
         self.batches = Batches(data, cfg.batch_size, seed)
 
     def step(self) -> Tensor:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +32,7 @@ from losscli.engine import RunOutcome, run_one, run_seeds
 from losscli.errors import Interrupted, UsageError
 from losscli.files import clip
 from losscli.jobs import Job, JobData, create_job
-from losscli.losses import Loss, create_loss, list_losses, load_plugin
+from losscli.losses import Loss, LossInfo, LossTerm, create_loss, list_losses, load_plugin
 from losscli.losses.image import MissingWeightsError
 from losscli.results import (
     ResultStore,
@@ -150,7 +150,7 @@ def _loss_problems(job: Job, spec: str) -> tuple[Loss | None, list[str]]:
     except UsageError as exc:
         return None, [f"{flag}: {exc}"]
     problems = [f"{flag}: {term.info.name}: {why}" for term in loss.terms
-                if (why := job.incompatibility(term.info))]
+                if (why := job.incompatibility(_as_given(term)))]
     if not problems:
         output, target = job.probe()
         try:  # bad parameter values (e.g. gamma=-1) fail here, not halfway through a sweep
@@ -158,6 +158,13 @@ def _loss_problems(job: Job, spec: str) -> tuple[Loss | None, list[str]]:
         except (ValueError, TypeError, MissingWeightsError) as exc:
             problems.append(f"{flag}: {exc}")
     return loss, problems
+
+
+def _as_given(term: LossTerm) -> LossInfo:
+    """``term``'s metadata less the needs its spec sets itself (``ldam:class_counts=[...]``
+    trains on any job whose outputs fit)."""
+    given = {k for k, _ in term.params}
+    return replace(term.info, needs=term.info.needs - given) if given else term.info
 
 
 def _check_request(req: JobRequest, prefix: str) -> tuple[Job | None, list[Loss], list[str]]:

@@ -41,7 +41,7 @@ class StackedTrainer:
             models.append(job.build_model(data).to(self.device))
         self.params, self.buffers = stack_module_state(models)
         self.base = copy.deepcopy(models[0]).to("meta")
-        self.objective = job.bind(loss)
+        self.objective = job.bind(loss, data)
         self.functional_call = functional_call
 
         def seed_loss(params, buffers, x, y):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from losscli.losses import Family, Loss, LossInfo, Pred, Target
+from losscli.losses import Family, Loss, LossInfo, LossTerm, Pred, Target
 from losscli.options import Option, validate_options
 from losscli.settings import Settings, layered
 
@@ -240,28 +240,62 @@ class Job(ABC):
     def incompatibility(self, info: LossInfo) -> str | None:
         """Why ``info`` cannot train this job, or None when it can."""
         if info.family not in self.families:
-            return f"{info.family} losses do not apply to {self.name}"
-        if info.pred not in self.preds or info.target not in self.targets:
-            return (f"{self.name} cannot give {info.pred} predictions with {info.target} "
-                    "targets")
-        return None
+            why = f"{info.family} losses do not apply to {self.name}"
+        elif info.pred not in self.preds or info.target not in self.targets:
+            why = f"{self.name} cannot give {info.pred} predictions with {info.target} targets"
+        else:
+            return self.unmet_needs(info)
+        unmet = self.unmet_needs(info, hint=False)
+        return why + (f"; it also {unmet}" if unmet else "")
 
-    def bind(self, loss: Loss) -> Objective:
-        """The training objective: each term gets the output/target kinds it declares."""
-        terms = [(t.coef, t, t.info.pred, t.info.target) for t in loss.terms]
+    def unmet_needs(self, info: LossInfo, hint: bool = True) -> str | None:
+        """The inputs ``info`` needs (``LossInfo.needs``) that this job does not supply, in
+        words (``hint``: with how to give them by hand), or None. A job overriding
+        ``incompatibility`` calls this too."""
+        missing = sorted(info.needs - self.supplies(None).keys())
+        if not missing:
+            return None
+        why = f"needs {', '.join(missing)}, which {self.name} does not supply"
+        example = ",".join(f"{m}=[...]" for m in missing)
+        return why + (f" (give it in the spec: '{info.name}:{example}')" if hint else "")
+
+    def supplies(self, data: JobData | None) -> dict[str, Any]:
+        """What the job passes to losses that declare a need (``LossInfo.needs``), each
+        under the keyword of that name, computed from ``data``'s training split (after any
+        noise or subsampling the job applies). With ``None``: placeholder values shaped
+        like ``probe()``'s (plan checks run before the data loads), under the same keys.
+        The default supplies nothing; classification jobs supply ``class_counts``."""
+        return {}
+
+    def bind(self, loss: Loss, data: JobData | None = None) -> Objective:
+        """The training objective: each term gets the output/target kinds it declares, and
+        the inputs it needs from ``supplies(data)`` (those its spec does not set itself).
+
+        ``data``: the data the objective trains on; ``None`` binds ``supplies``'s
+        placeholders, for ``probe()`` pairs (plan checks, tests), never for training."""
+        supplied = self.supplies(data)
+        terms = [(t.coef, t, t.info.pred, t.info.target, _needed(t, supplied))
+                 for t in loss.terms]
 
         def objective(output: Tensor, target: Tensor) -> Tensor:
             preds: dict[Pred, Tensor] = {}
             tgts: dict[Target, Tensor] = {}
             total = None
-            for coef, term, pk, tk in terms:
+            for coef, term, pk, tk, needed in terms:
                 if pk not in preds:
                     preds[pk] = self.adapt_pred(output, pk)
                 if tk not in tgts:
                     tgts[tk] = self.adapt_target(target, tk, output)
-                value = term(preds[pk], tgts[tk])
+                value = term(preds[pk], tgts[tk], **needed)
                 value = value if coef == 1.0 else coef * value
                 total = value if total is None else total + value
             return total
 
         return Objective(objective)
+
+
+def _needed(term: LossTerm, supplied: dict[str, Any]) -> dict[str, Any]:
+    """The supplied inputs ``term`` needs, minus those its spec gives
+    (``ldam:class_counts=[...]`` keeps its own)."""
+    given = {k for k, _ in term.params}
+    return {k: supplied[k] for k in term.info.needs - given if k in supplied}

@@ -11,12 +11,14 @@ it breaks. What they hold a job to (see ``losscli.jobs.base.Job``):
 
 - ``check_data``: three non-empty splits whose inputs and targets agree in length, with
   the same per-sample shapes and dtypes in every split; the same tensors when loaded
-  again; a source line; a model built for the data that takes a batch, on whose output
-  the first default loss is finite.
+  again; a source line; what the job supplies to losses (``Job.supplies``) under the same
+  keys as its probe placeholders; a model built for the data that takes a batch, on whose
+  output the first default loss, and every compatible loss that needs a supplied input
+  (``LossInfo.needs``: e.g. ``ldam`` with the training split's class counts), is finite.
 - ``check_probe``: on the probe pair, every compatible loss gives a finite 0-d value with
   finite gradients, or refuses with a ``ValueError`` saying why (``det`` takes a
-  classification and a box term together); every default loss gives a value. Losses that
-  need inputs the job supplies (``LossInfo.needs``) are left out.
+  classification and a box term together); every default loss gives a value. Losses
+  that need an input get the probe's placeholders (``supplies(None)``).
 - ``check_learns``: a few optimizer steps with the first default loss lower it on a fixed
   training batch.
 - ``check_deterministic``: two runs with one seed give identical losses and metrics.
@@ -83,9 +85,28 @@ def _check_model(job: Job, data: JobData) -> None:
     probe_output, _ = job.probe()
     _require(job, output.dim() == probe_output.dim(),
              f"the model's output has {output.dim()} dims, the probe's {probe_output.dim()}")
-    value = job.bind(create_loss(job.task.losses[0]))(output, y)
+    value = job.bind(create_loss(job.task.losses[0]), data)(output, y)
     _require(job, value.dim() == 0 and bool(torch.isfinite(value)),
              f"{job.task.losses[0]} on the model's output is {value}, not a finite scalar")
+    _check_supplies(job, data, output, y)
+
+
+def _check_supplies(job: Job, data: JobData, output: Tensor, y: Tensor) -> None:
+    """The supplied inputs: the placeholders' keys, and every loss needing one finite on the
+    model's output with the values from the data (e.g. one count per class it predicts)."""
+    from losscli.sweep import compatible_losses
+
+    keys, placeholder_keys = set(job.supplies(data)), set(job.supplies(None))
+    _require(job, keys == placeholder_keys,
+             f"supplies(data) gives {sorted(keys)}, supplies(None) {sorted(placeholder_keys)}")
+    for name in [n for n in compatible_losses(job) if get_loss_info(n).needs]:
+        try:
+            value = job.bind(create_loss(name), data)(output, y)
+        except ValueError as exc:
+            raise ContractError(f"job {job.name!r}: {name} with the inputs supplied from the "
+                                f"data fails: {exc}") from exc
+        _require(job, value.dim() == 0 and bool(torch.isfinite(value)),
+                 f"{name} with the supplied inputs gives {value}, not a finite scalar")
 
 
 def check_probe(job: Job) -> dict[str, str]:
@@ -94,7 +115,7 @@ def check_probe(job: Job) -> dict[str, str]:
     from losscli.sweep import compatible_losses
 
     refused = {}
-    for name in [n for n in compatible_losses(job) if not get_loss_info(n).needs]:
+    for name in compatible_losses(job):
         try:
             _probe_value(job, name)
         except MissingWeightsError as exc:  # absent weights: nothing to check here

@@ -266,12 +266,12 @@ class DenoiseJob(Job):
     def adapt_target(self, target: Tensor, kind: Target, output: Tensor) -> Tensor:
         return target
 
-    def bind(self, loss: Loss) -> Objective:
+    def bind(self, loss: Loss, data: JobData | None = None) -> Objective:
         """As ``Job.bind``; missing LPIPS/DISTS weights become a usage error (exit 2 at
         plan time) instead of a traceback."""
         from losscli.losses.image import MissingWeightsError
 
-        objective = super().bind(loss)
+        objective = super().bind(loss, data)
 
         def checked(output: Tensor, target: Tensor) -> Tensor:
             try:

@@ -286,11 +286,12 @@ class DetectionJob(Job):
         if info.pred not in preds or info.target not in targets:
             return (f"{self.name} cannot give {info.pred} predictions with {info.target} "
                     f"targets to a {info.family} term")
-        return None
+        return self.unmet_needs(info)
 
-    def bind(self, loss: Loss) -> Objective:
+    def bind(self, loss: Loss, data: JobData | None = None) -> Objective:
         """The detection objective of a spec (see the module docstring): each term sees the
-        part of the output its family names, all normalised by the number of positives."""
+        part of the output its family names, all normalised by the number of positives.
+        ``det`` supplies no inputs (``supplies``), so ``data`` is not read."""
         families = [t.info.family for t in loss.terms]
         if not any(f in _CLASSIFIES for f in families) or \
                 not any(f in _LOCALISES for f in families):
