@@ -10,7 +10,7 @@ into the declared type and checks its range, so every job refuses bad values the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,8 @@ class Option:
     ``choices`` lists the allowed texts; ``multiple_of`` constrains integers; ``flag`` is
     the command-line spelling when it differs from the name (``--target`` for
     ``target_column``). A ``None`` default means "not set" (the help says what applies).
+    A text with a grammar (``--label-noise sym:0.4``) gives ``check``, which raises
+    ``ValueError`` on a bad value, and ``allowed``, the rule in words.
     """
 
     name: str
@@ -42,6 +44,8 @@ class Option:
     choices: tuple[str, ...] = ()
     multiple_of: int | None = None
     flag: str | None = None
+    check: Callable[[Any], object] | None = None
+    allowed: str | None = None
 
     @property
     def cli(self) -> str:
@@ -54,6 +58,8 @@ class Option:
 
     def rule(self) -> str:
         """The allowed values in words: ``a number in (0, 1)``, ``one of a, b``."""
+        if self.allowed:
+            return self.allowed
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.type is bool:
@@ -108,6 +114,11 @@ class Option:
         return str(value)
 
     def _in_range(self, v: Any) -> bool:
+        if self.check is not None:
+            try:
+                self.check(v)
+            except ValueError:
+                return False
         if self.choices:
             return v in self.choices
         if self.type not in (int, float):
