@@ -1,22 +1,27 @@
 """Comparison reports from a run directory: Markdown with PNG plots, and one
-self-contained HTML file (plots embedded)."""
+self-contained HTML file (plots embedded) made from the same tables.
+
+The Markdown is the source: table cells and lines may hold inline code (backticks) and
+bold (``**``); the HTML renders those as ``<code>`` and ``<b>``, so no Markdown shows
+literally in the page. Figures are drawn by ``losscli.report_plots``; what the report says
+about tuning comes from ``losscli.report_tuning``.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from losscli.render import fmt_num  # noqa: E402
-from losscli.results import (  # noqa: E402
+from losscli import report_plots as plots
+from losscli import report_tuning as tuning
+from losscli.render import fmt_num
+from losscli.results import (
     compared,
     read_history,
     read_meta,
@@ -24,9 +29,10 @@ from losscli.results import (  # noqa: E402
     seed_stats,
     with_variant,
 )
-from losscli.stats import ALPHA, compare, welch_p  # noqa: E402
+from losscli.stats import ALPHA, compare, welch_p
 
 __all__ = ["FindingResult", "build_report", "evaluate_finding", "ranking"]
+
 
 def ranking(group: pd.DataFrame) -> pd.DataFrame:
     """Per loss of one variant, best first: mean ± std and 95 % interval over seeds,
@@ -37,60 +43,6 @@ def ranking(group: pd.DataFrame) -> pd.DataFrame:
     if not values:
         return pd.DataFrame()
     return compare(values, bool(group["maximize"].iloc[0]), group["primary_metric"].iloc[0])
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _curves(history: pd.DataFrame, runs: pd.DataFrame, split: str, metric: str):
-    """Per loss: steps and the mean/min/max over seeds of a metric's curve."""
-    h = history[(history["split"] == split) & (history["metric"] == metric)]
-    h = h.merge(runs[["run_key", "loss", "loss_key"]], on="run_key")
-    for _, g in h.groupby("loss_key", sort=False):
-        table = g.pivot_table(index="step", columns="run_key", values="value")
-        yield (g["loss"].iloc[0], table.index.to_numpy(), table.mean(axis=1),
-               table.min(axis=1), table.max(axis=1))
-
-
-def _plot_curves(ax, history, runs, split, metric, log=False) -> None:
-    for loss, steps, mean, low, high in _curves(history, runs, split, metric):
-        (line,) = ax.plot(steps, mean, label=loss, lw=1.6)
-        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.18, lw=0)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{split} {metric}")
-    if log:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def variant_plots(variant: str, runs, history, metric: str, out: Path, stem: str) -> list[Path]:
-    ok = runs[runs["status"] == "ok"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_curves(axes[0], history, ok, "val", metric)
-    axes[0].set_title(f"{variant}: validation {metric} (band: min–max over seeds)", fontsize=9)
-    train = history[(history["split"] == "train") & (history["value"] > 0)]
-    _plot_curves(axes[1], train, ok, "train", "loss", log=True)
-    axes[1].set_title("training loss (each loss on its own scale)", fontsize=9)
-    axes[0].legend(fontsize=7)
-    curves = _save(fig, out / f"{stem}-curves.png")
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for _, g in ok.groupby("loss_key", sort=False):
-        ax.errorbar(g["train_seconds"].mean(), g["test_final"].mean(),
-                    xerr=g["train_seconds"].std(ddof=0), yerr=g["test_final"].std(ddof=0),
-                    fmt="o", capsize=3, label=g["loss"].iloc[0])
-    ax.set_xlabel("train seconds per run (eval excluded)")
-    ax.set_ylabel(f"final {metric}")
-    ax.set_title(f"{variant}: quality vs time", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return [curves, _save(fig, out / f"{stem}-quality-vs-time.png")]
 
 
 # --------------------------------------------------------------------------- findings
@@ -174,14 +126,52 @@ def _p(p: float) -> str:
     return "–" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-# --------------------------------------------------------------------------- documents
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class Table:
+    caption: str  # Markdown inline; "" for none
+    head: list[str]
+    rows: list[list[str]]  # cells: Markdown inline (`code`, **bold**)
+
+
+@dataclass
+class Section:
+    title: str
+    line: str  # Markdown inline
+    tables: list[Table] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+
+
+RANK_HEAD = ["#", "loss", "seeds", "test (mean ± std)", "95 % CI", "worse than best by",
+             "Hedges g", "Holm p vs best", f"significant (p < {ALPHA})"]
+COST_HEAD = ["#", "loss", "samples/s", "loss fwd+bwd ms/step", "train s/run",
+             "steps to target"]
+SUMMARY_HEAD = ["job variant", "pick", "test mean [95 % CI]", "not significantly worse",
+                "verdict", "tuned"]
+FINDING_HEAD = ["finding", "verdict", "evidence"]
+CAPTIONS = {  # by the end of a figure's file name
+    "curves": "Validation curves from the first eval after step 0, the last evals enlarged, "
+              "and the training loss.",
+    "quality-vs-time": "Test metric against training time per run.",
+    "tuning": "Tuning: validation metric against the tuned value, one line per loss.",
+    "sensitivity": "Sensitivity: every trial's validation metric per loss; a long bar "
+                   "needs tuning.",
+    "reliability": "Reliability on test (classification runs).",
+    "critical-difference": "Critical-difference diagram over job variants (Demšar 2006).",
+}
+
+
+def _code(text: str) -> str:
+    return f"`{text}`" if text else ""
 
 
 def _ranking_rows(rank: pd.DataFrame) -> list[list[str]]:
     rows = []
     for i, r in rank.iterrows():
         sig = "" if i == 0 else ("yes" if r["significant"] else "no")
-        rows.append([str(i + 1), r["loss"], str(r["n"]),
+        rows.append([str(i + 1), _code(r["loss"]), str(r["n"]),
                      f"{fmt_num(r['mean'])} ± {fmt_num(r['std'])}",
                      f"[{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]",
                      "best" if i == 0 else fmt_num(r["worse_by"]),
@@ -190,103 +180,101 @@ def _ranking_rows(rank: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def _cost_rows(group: pd.DataFrame) -> list[list[str]]:
-    rows = []
-    for _, g in group[group["status"] == "ok"].groupby("loss_key", sort=False):
-        rows.append([g["loss"].iloc[0], f"{g['samples_per_s'].mean():,.0f}",
-                     fmt_num(g["loss_ms_per_step"].mean(), 3),
-                     fmt_num(g["train_seconds"].mean(), 1),
-                     fmt_num(g["steps_to_target"].mean(), 0)])
-    return rows
+def _cost_rows(group: pd.DataFrame, order: list[str]) -> list[list[str]]:
+    """Cost per loss, in ranking order (``order``; losses without a finished run last)."""
+    ok = group[group["status"] == "ok"]
+    place = {loss: i for i, loss in enumerate(order)}
+    per_loss = sorted(ok.groupby("loss_key", sort=False),
+                      key=lambda kg: place.get(kg[1]["loss"].iloc[0], len(place)))
+    return [[str(i + 1), _code(g["loss"].iloc[0]), f"{g['samples_per_s'].mean():,.0f}",
+             fmt_num(g["loss_ms_per_step"].mean(), 3), fmt_num(g["train_seconds"].mean(), 1),
+             fmt_num(g["steps_to_target"].mean(), 0)]
+            for i, (_, g) in enumerate(per_loss)]
 
 
-RANK_HEAD = ["#", "loss", "seeds", "test (mean ± std)", "95 % CI", "worse than best by",
-             "Hedges g", "Holm p vs best", f"significant (p < {ALPHA})"]
-COST_HEAD = ["loss", "samples/s", "loss fwd+bwd ms/step", "train s/run", "steps to target"]
+def _variant_section(i: int, variant: str, group: pd.DataFrame, history: pd.DataFrame,
+                     trials: pd.DataFrame, rankings: dict, out: Path) -> Section:
+    metric = group["primary_metric"].iloc[0]
+    maximize = bool(group["maximize"].iloc[0])
+    counts = group["status"].value_counts().to_dict()
+    rank = rankings[variant]
+    order = list(rank["loss"]) if len(rank) else []
+    order += [loss for loss in dict.fromkeys(group["loss"]) if loss not in order]
+    palette = plots.colours(order)
+    ok = group[group["status"] == "ok"]
+    section = Section(variant, f"{metric}, {'higher' if maximize else 'lower'} is better · "
+                      f"runs: {', '.join(f'{n} {s}' for s, n in counts.items())}")
+    section.tables = [Table("", RANK_HEAD, _ranking_rows(rank)),
+                      Table("Cost, in ranking order", COST_HEAD, _cost_rows(group, order))]
+    images = section.images
+    if len(ok):
+        images += [plots.curve_figure(variant, ok, history, metric, palette,
+                                      out / f"v{i}-curves.png"),
+                   plots.quality_vs_time(variant, ok, metric, palette,
+                                         out / f"v{i}-quality-vs-time.png")]
+    if len(trials):
+        _tuning_parts(section, i, variant, group, trials, rankings, order, out)
+    return section
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _tuning_parts(section: Section, i: int, variant: str, group: pd.DataFrame,
+                  trials: pd.DataFrame, rankings: dict, order: list[str], out: Path) -> None:
+    """A tuned variant's chosen settings, tuning and sensitivity figures, and its ranking
+    beside the untuned one's when the run directory has that too."""
+    metric = group["primary_metric"].iloc[0]
+    maximize = bool(group["maximize"].iloc[0])
+    frame = tuning.trial_frame(trials)
+    tuned = dict(zip(group["loss"], group["tuned"], strict=True))
+    studies = [tuning.study_of(loss, tuned[loss]) for loss in order]
+    palette = plots.colours(list(dict.fromkeys([*studies, *frame["study"]])))
+    rows, chosen = tuning.chosen_rows(group, frame, maximize, order)
+    section.tables.append(Table(
+        f"Tuning on validation: the settings chosen per loss ({frame['trial'].nunique()} "
+        "trials each, successive halving); the spread is how much the grid mattered",
+        tuning.CHOSEN_HEAD, rows))
+    axis = tuning.tuning_axis(frame)
+    section.images += [
+        plots.tuning_plot(variant, frame, metric, axis, maximize, palette,
+                          out / f"v{i}-tuning.png"),
+        plots.sensitivity_plot(variant, frame, chosen, metric, palette,
+                               out / f"v{i}-sensitivity.png")]
+    partner = tuning.untuned_partner(variant, list(rankings))
+    if partner is not None:
+        section.tables.append(Table(
+            f"Untuned vs tuned ranking on test (untuned: {partner})",
+            tuning.side_by_side_head(partner),
+            tuning.side_by_side(rankings[partner], rankings[variant], group)))
 
 
-def _html_table(head: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-@dataclass
-class Section:
-    title: str
-    metric: str
-    maximize: bool
-    ranking: list[list[str]]
-    cost: list[list[str]]
-    images: list[Path]
-    statuses: str
-
-
-def _sections(runs, history, out: Path) -> list[Section]:
-    sections = []
+def _sections(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> list[Section]:
     trials = with_variant(runs[runs["phase"] == "tune"]) if "phase" in runs else runs[:0]
     ranked = compared(runs)
-    variants = with_variant(ranked).groupby("variant", sort=False) if len(ranked) else []
-    for i, (variant, group) in enumerate(variants):
-        metric = group["primary_metric"].iloc[0]
-        counts = group["status"].value_counts().to_dict()
-        images = variant_plots(variant, group, history, metric, out, f"v{i}") \
-            if (group["status"] == "ok").any() else []
-        mine = trials[trials["variant"] == variant] if len(trials) else trials
-        if len(mine):
-            images.append(tuning_plot(variant, mine, metric, out / f"v{i}-tuning.png"))
-        sections.append(Section(
-            title=variant, metric=metric, maximize=bool(group["maximize"].iloc[0]),
-            ranking=_ranking_rows(ranking(group)), cost=_cost_rows(group),
-            images=images, statuses=", ".join(f"{n} {s}" for s, n in counts.items())))
-    return sections
-
-
-def tuning_plot(variant: str, trials: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Validation metric against learning rate, one line per loss (pruned trials hollow):
-    a loss whose curve is narrow and peaked is fragile; the table beside it gives the
-    spread (max - min over the grid)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for loss, g in trials.groupby("loss", sort=False):
-        g = g.sort_values("lr")
-        (line,) = ax.plot(g["lr"], g["val_final"], marker="o", lw=1.4, label=loss)
-        pruned = g[g["status"] == "pruned"]
-        ax.scatter(pruned["lr"], pruned["val_final"], s=40, facecolors="white",
-                   edgecolors=line.get_color(), zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"validation {metric} (last eval; hollow: pruned early)")
-    ax.set_title(f"{variant}: tuning", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", framealpha=0.8)
-    return _save(fig, path)
+    if not len(ranked):
+        return []
+    variants = list(with_variant(ranked).groupby("variant", sort=False))
+    rankings = {variant: ranking(group) for variant, group in variants}
+    return [_variant_section(i, variant, group, history,
+                             trials[trials["variant"] == variant] if len(trials) else trials,
+                             rankings, out)
+            for i, (variant, group) in enumerate(variants)]
 
 
 def _summary_rows(runs) -> list[list[str]]:
     from losscli.stats import recommendations
 
     table = recommendations(runs)
-    return [[r["variant"], r["pick"],
+    return [[r["variant"], _code(r["pick"]),
              f"{fmt_num(r['mean'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]",
-             r["not_significantly_worse"] or "–", r["verdict"], r["tuned"] or "–"]
+             ", ".join(_code(s) for s in r["not_significantly_worse"].split(", ") if s)
+             or "–", r["verdict"], tuning.setting_text(r["tuned"])]
             for _, r in table.iterrows()]
-
-
-SUMMARY_HEAD = ["job variant", "pick", "test mean [95 % CI]", "not significantly worse",
-                "verdict", "tuned"]
 
 
 def _across(runs, out: Path) -> tuple[list[str], Path | None]:
     """Average ranks over variants, the Friedman test and a critical-difference diagram
     (autorank), where at least two variants share at least two losses."""
+    import matplotlib.pyplot as plt
+
     from losscli.stats import across_variants, variant_tables
 
     tables = variant_tables(runs)
@@ -298,14 +286,14 @@ def _across(runs, out: Path) -> tuple[list[str], Path | None]:
         return [f"Across variants: not computed ({exc})."], None
     if result is None:
         return [], None
-    ranks = ", ".join(f"{loss} {r:.2f}" for loss, r in result.rankdf["meanrank"].items())
+    ranks = ", ".join(f"`{loss}` {r:.2f}" for loss, r in result.rankdf["meanrank"].items())
     lines = [f"Across {means.dropna(axis=1).shape[0]} variants: average ranks {ranks}; "
              f"Friedman p {_p(result.pvalue)}; critical difference {result.cd:.2f} "
              f"(Nemenyi, alpha {ALPHA})."]
     from autorank import plot_stats
 
     plot_stats(result, allow_insignificant=True)
-    return lines, _save(plt.gcf(), out / "critical-difference.png")
+    return lines, plots.save(plt.gcf(), out / "critical-difference.png")
 
 
 def build_report(run_dir: Path, out: Path | None = None, findings=()) -> tuple[Path, Path]:
@@ -315,18 +303,22 @@ def build_report(run_dir: Path, out: Path | None = None, findings=()) -> tuple[P
     out.mkdir(parents=True, exist_ok=True)
     runs, history = read_runs(run_dir), read_history(run_dir)
     meta = read_meta(run_dir)
-    sections = _sections(runs, history, out)
     results = [evaluate_finding(f, runs) for f in findings]
-    summary = Section("Summary: which loss to pick", "", True, _summary_rows(runs), [],
-                      [], "")
     lines, cd = _across(runs, out)
-    summary.statuses = " ".join(lines)
-    summary.images = [cd] if cd else []
+    summary = Section("Summary: which loss to pick", " ".join(lines),
+                      [Table("", SUMMARY_HEAD, _summary_rows(runs))], [cd] if cd else [])
+    found = Section("Published findings", "", [Table("", FINDING_HEAD, [
+        [f"{r.id}: {r.title}", f"**{r.verdict}**", r.evidence] for r in results])]) \
+        if results else None
+    sections = [summary, *([found] if found else []), *_sections(runs, history, out)]
     md = out / "report.md"
-    md.write_text(_markdown(run_dir, meta, [summary, *sections], results))
+    md.write_text(_markdown(run_dir, meta, sections))
     page = out / "report.html"
-    page.write_text(_html(run_dir, meta, [summary, *sections], results))
+    page.write_text(_html(run_dir, meta, sections))
     return md, page
+
+
+# --------------------------------------------------------------------------- documents
 
 
 def _intro(run_dir: Path, meta: dict) -> list[str]:
@@ -339,51 +331,87 @@ def _intro(run_dir: Path, meta: dict) -> list[str]:
             f"variant's comparisons (significant at p < {ALPHA})."]
 
 
-FINDING_HEAD = ["finding", "verdict", "evidence"]
+def _caption(path: Path) -> str:
+    return next((text for end, text in CAPTIONS.items() if path.stem.endswith(end)), "")
 
 
-def _markdown(run_dir, meta, sections, results) -> str:
+def _md_table(table: Table) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = [f"*{table.caption}*", ""] if table.caption else []
+    lines += ["| " + " | ".join(table.head) + " |", "|" + "---|" * len(table.head)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def _markdown(run_dir, meta, sections: list[Section]) -> str:
     parts = ["# losscli report", "", *[f"{line}  " for line in _intro(run_dir, meta)], ""]
-    if results:
-        parts += ["## Published findings", "",
-                  _md_table(FINDING_HEAD, [[f"{r.id}: {r.title}", f"**{r.verdict}**",
-                                            r.evidence] for r in results]), ""]
     for s in sections:
-        better = "higher" if s.maximize else "lower"
-        head, line = (SUMMARY_HEAD, s.statuses) if not s.metric else \
-            (RANK_HEAD, f"{s.metric}, {better} is better · runs: {s.statuses}")
-        parts += [f"## {s.title}", "", line, "", _md_table(head, s.ranking), ""]
-        parts += [_md_table(COST_HEAD, s.cost), ""] if s.cost else []
-        parts += [f"![{img.stem}]({img.name})" for img in s.images] + [""]
+        parts += [f"## {s.title}", ""] + ([s.line, ""] if s.line else [])
+        for table in s.tables:
+            parts += [_md_table(table), ""]
+        parts += [f"![{img.stem}]({img.name})  \n*{_caption(img)}*\n" for img in s.images]
     return "\n".join(parts)
 
 
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}"
-       "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;"
-       "padding:3px 8px;font-size:13px;text-align:right}td:nth-child(2),th:nth-child(2)"
-       "{text-align:left}img{max-width:100%}.reproduced{color:#080}.inconclusive{color:#a60}"
-       ".not{color:#b00}code{background:#f3f3f3}")
+def _inline(text: object) -> str:
+    """Markdown inline (`code`, **bold**) as HTML, everything else escaped."""
+    parts = str(text).split("`")
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else
+                   re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(p))
+                   for i, p in enumerate(parts))
 
 
-def _html(run_dir, meta, sections, results) -> str:
+_NUMBER_CHARS = re.compile(r"[\d\s.,±\[\]<–+\-−e%/()]*")
+
+
+def _numeric(rows: list[list[str]], col: int) -> bool:
+    """A column of numbers (right-aligned): every cell digits, signs, ``±``, brackets,
+    ``–``, ``best`` or ``(best) to``, not all empty; text and code stay left."""
+    cells = [str(row[col]).replace("(best) to", "").replace("best", "") for row in rows]
+    return any(c.strip() for c in cells) and all(_NUMBER_CHARS.fullmatch(c) for c in cells)
+
+
+def _html_table(table: Table, cell_class=None) -> str:
+    right = [_numeric(table.rows, i) for i in range(len(table.head))]
+    align = lambda i: " class='num'" if right[i] else ""  # noqa: E731
+    th = "".join(f"<th{align(i)}>{html.escape(h)}</th>" for i, h in enumerate(table.head))
+    body = "".join("<tr>" + "".join(
+        f"<td{align(i)}{cell_class(i, c) if cell_class else ''}>{_inline(c)}</td>"
+        for i, c in enumerate(row)) + "</tr>" for row in table.rows)
+    caption = f"<caption>{_inline(table.caption)}</caption>" if table.caption else ""
+    return f"<table>{caption}<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _verdict_class(col: int, cell: str) -> str:
+    """The verdict cell of the findings table, coloured by its verdict."""
+    words = cell.strip("*").split()
+    return f" class='{words[0]}'" if col == 1 and words else ""
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222;"
+       "padding:0 1em}table{border-collapse:collapse;margin:.4em 0 1.2em}"
+       "caption{text-align:left;font-style:italic;font-size:13px;padding:2px 0}"
+       "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left;"
+       "vertical-align:top}th{background:#f6f6f6}.num{text-align:right;"
+       "font-variant-numeric:tabular-nums;white-space:nowrap}img{max-width:100%}"
+       "figure{margin:.6em 0 1.4em}figcaption{font-size:13px;color:#555}"
+       ".reproduced{color:#080}.inconclusive{color:#a60}.not{color:#b00}"
+       "code{background:#f3f3f3;padding:0 2px;font-size:12px}h2{margin-top:1.8em;"
+       "border-bottom:1px solid #ddd}")
+
+
+def _html(run_dir, meta, sections: list[Section]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>losscli report</title>"
              f"<style>{CSS}</style></head><body><h1>losscli report</h1>"]
-    parts += [f"<p>{html.escape(line)}</p>" for line in _intro(run_dir, meta)]
-    if results:
-        rows = "".join(
-            f"<tr><td>{html.escape(r.id)}: {html.escape(r.title)}</td>"
-            f"<td class='{r.verdict.split()[0]}'><b>{r.verdict}</b></td>"
-            f"<td>{html.escape(r.evidence)}</td></tr>" for r in results)
-        parts.append("<h2>Published findings</h2><table><tr><th>finding</th><th>verdict</th>"
-                     f"<th>evidence</th></tr>{rows}</table>")
+    parts += [f"<p>{_inline(line)}</p>" for line in _intro(run_dir, meta)]
     for s in sections:
-        head, line = (SUMMARY_HEAD, s.statuses) if not s.metric else (
-            RANK_HEAD, f"{s.metric}, {'higher' if s.maximize else 'lower'} is better · runs: "
-            f"{s.statuses}")
-        parts.append(f"<h2>{html.escape(s.title)}</h2><p>{html.escape(line)}</p>")
-        parts.append(_html_table(head, s.ranking))
-        parts += [_html_table(COST_HEAD, s.cost)] if s.cost else []
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        parts += [f"<p>{_inline(s.line)}</p>"] if s.line else []
+        cells = _verdict_class if s.title == "Published findings" else None
+        parts += [_html_table(table, cells) for table in s.tables]
         for img in s.images:
             data = base64.b64encode(img.read_bytes()).decode()
-            parts.append(f"<p><img alt='{img.stem}' src='data:image/png;base64,{data}'></p>")
+            parts.append(f"<figure><img alt='{html.escape(img.stem)}' "
+                         f"src='data:image/png;base64,{data}'><figcaption>"
+                         f"{html.escape(_caption(img))}</figcaption></figure>")
     return "\n".join(parts + ["</body></html>"])
