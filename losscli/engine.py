@@ -19,14 +19,15 @@ import copy
 import math
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from losscli.jobs import Job, JobData, Objective, Split
+from losscli.jobs import Evaluation, Job, JobData, Objective, Split
 from losscli.losses import Loss
 from losscli.settings import OPTIMIZERS, Settings
 
@@ -41,6 +42,7 @@ class RunOutcome:
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # validation
     train_loss: list[tuple[int, float]] = field(default_factory=list)
     test: dict[str, float] = field(default_factory=dict)  # the one test evaluation
+    series: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # and its series
     selected_step: int | None = None  # the step whose model the test split scored
     steps_done: int = 0
     train_seconds: float = 0.0
@@ -302,7 +304,8 @@ def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
         step_k, model = chosen.get(k, (cfg.steps, models[k]))
         outs[k].selected_step = step_k
         if on_eval is None:  # a tuning trial never reads the test split
-            outs[k].test = evaluate(job, model, data.test, trainer.objective)
+            scores = evaluate_test(job, model, data, trainer.objective)
+            outs[k].test, outs[k].series = scores.metrics, scores.series
 
 
 def _keep_best(job: Job, trainer: Trainer, outs: list[RunOutcome], live: list[int],
@@ -339,14 +342,27 @@ def _after_eval(job, data, trainer, models, outs, live, step, means) -> list[int
     return still
 
 
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
+
+
 def evaluate(job: Job, model: nn.Module, split: Split, objective: Objective
              ) -> dict[str, float]:
     """The job's metrics of ``model`` on ``split`` (in eval mode for the call)."""
-    model.eval()
-    try:
+    with _eval_mode(model):
         return job.evaluate(model, split, objective)
-    finally:
-        model.train()
+
+
+def evaluate_test(job: Job, model: nn.Module, data: JobData, objective: Objective
+                  ) -> Evaluation:
+    """The job's one test evaluation of ``model`` (in eval mode for the call)."""
+    with _eval_mode(model):
+        return job.evaluate_test(model, data, objective)
 
 
 def loss_ms(model, objective, batches: Batches, device: torch.device, repeats: int = 20

@@ -476,7 +476,7 @@ def unconverged(runs, history) -> set[str]:
         return set()
     direction = dict(zip(ok["run_key"], ok["maximize"].map(_truthy), strict=True))
     metric = dict(zip(ok["run_key"], ok["primary_metric"], strict=True))
-    evals = history[history["split"] != "train"]
+    evals = history[history["split"].isin(("val", "test"))]  # not train, nor series rows
     evals = evals[evals["metric"] == evals["run_key"].map(metric)]
     keys = set()
     for key, curve in evals.groupby("run_key", sort=False):

@@ -309,9 +309,9 @@ def _finding(doc: dict[str, Any], where: str, problems: list[str]) -> Finding | 
     except UsageError as exc:
         problems.append(f"{where}: {exc}")
         return None
-    if text["metric"] not in job.metrics:
+    if text["metric"] not in job.test_metric_names:
         problems.append(f"{where}: metric {quote(text['metric'])} is not one of {job.name}'s: "
-                        + ", ".join(job.metrics))
+                        + ", ".join(job.test_metric_names))
         return None
     maximize = job.maximizes(text["metric"])
     if given is not None and given != maximize:

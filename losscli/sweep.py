@@ -284,10 +284,15 @@ def result_of(spec: RunSpec, data: JobData, out: RunOutcome, together: int = 1,
 
 
 def history_of(out: RunOutcome) -> list[tuple[int, str, str, float]]:
+    """A run's history.csv rows (step, split, metric, value): the training loss, the
+    validation evals, the test evaluation at the selected step, and the per-run series
+    (e.g. split ``test_bins``, step = bin index)."""
     rows = [(s, "train", "loss", v) for s, v in out.train_loss]
     rows += [(s, "val", k, v) for s, m in out.evals for k, v in m.items()]
     rows += [(out.selected_step, "test", k, v) for k, v in out.test.items()]
-    return sorted(rows, key=lambda r: r[0])
+    series = [(i, split, k, v) for split, columns in out.series.items()
+              for k, values in columns.items() for i, v in enumerate(values)]
+    return sorted(rows, key=lambda r: r[0]) + series
 
 
 # --------------------------------------------------------------------------- execution

@@ -46,7 +46,7 @@ def test_train_mnist_end_to_end(tmp_path):
     assert runs["versions"].str.contains("torch=").all()
     history = pd.read_csv(out / "history.csv")
     assert tuple(history.columns) == HISTORY_COLUMNS
-    assert set(history["split"]) == {"train", "val", "test"}
+    assert set(history["split"]) == {"train", "val", "test", "test_bins"}
     assert {"accuracy", "f1_macro", "ece", "nll", "loss"} <= set(history["metric"])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["jobs"] == ["mnist"] and "torch=" in meta["versions"]

@@ -145,7 +145,7 @@ def _task_card(job) -> Table:
     card.title_justify, card.title_style = "left", "bold"
     card.add_column(style="dim", no_wrap=True)
     card.add_column()
-    metrics = [job.primary_metric, *[m for m in job.metrics if m != job.primary_metric]]
+    metrics = [job.primary_metric, *[m for m in job.test_metric_names if m != job.primary_metric]]
     for label, value in (
             ("data", job.description), ("model", job.model_name),
             ("metrics", f"{', '.join(metrics)} (target {_target(job)})"),

@@ -60,8 +60,8 @@ def sweep(
 
     plugins = load_plugins(plugin or [])
     suite = load_suite(suite_file)
-    shown = table_columns(wide, columns, {m for r in suite.requests
-                                          for m in create_job(r.task, **r.options).metrics})
+    shown = table_columns(wide, columns, {m for r in suite.requests for m in
+                                          create_job(r.task, **r.options).test_metric_names})
     if dry_run:
         with loading(quiet, "checking the plan, loading data"):
             plan = make_plan(suite.requests, cli_device(device), bf16)

@@ -112,7 +112,8 @@ def train(
     plugins = load_plugins(plugin or [])
     request = _request(ctx, task, loss, range(first_seed, first_seed + seeds), settings,
                        opt, tune)
-    shown = table_columns(wide, columns, create_job(request.task, **request.options).metrics)
+    shown = table_columns(wide, columns,
+                          create_job(request.task, **request.options).test_metric_names)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     with cpu_threads(threads):
         result = run([request], out_dir or Path("results") / "runs" / f"{stamp}-{task}",

@@ -17,6 +17,7 @@ from typing import Any, overload
 
 from losscli.errors import UnknownNameError
 from losscli.jobs.base import (
+    Evaluation,
     Job,
     JobData,
     Objective,
@@ -40,8 +41,8 @@ from losscli.losses.registry import (
     restorer,
 )
 
-__all__ = ["BUILTIN", "Job", "JobData", "Objective", "Option", "Split", "TaskFile",
-           "create_job", "job_class", "job_names", "job_source", "list_jobs",
+__all__ = ["BUILTIN", "Evaluation", "Job", "JobData", "Objective", "Option", "Split",
+           "TaskFile", "create_job", "job_class", "job_names", "job_source", "list_jobs",
            "load_task_file", "register_job", "resolve_job_name"]
 
 BUILTIN = "losscli"  # the source of the jobs that ship with losscli

@@ -21,8 +21,8 @@ from losscli.losses import Family, Loss, LossInfo, LossTerm, Pred, Target
 from losscli.options import Option, validate_options
 from losscli.settings import Settings, layered
 
-__all__ = ["Job", "JobData", "Objective", "Option", "Split", "TaskFile", "eval_chunks",
-           "hold_out", "load_task_file", "task_file_exists"]
+__all__ = ["Evaluation", "Job", "JobData", "Objective", "Option", "Split", "TaskFile",
+           "eval_chunks", "hold_out", "load_task_file", "task_file_exists"]
 
 
 def eval_chunks(x: Tensor) -> tuple[Tensor, ...]:
@@ -138,6 +138,17 @@ class Objective:
         return self.fn(output, target)
 
 
+@dataclass
+class Evaluation:
+    """What the one test evaluation gives (``Job.evaluate_test``): the metrics (runs.csv's
+    ``test_metrics``) and per-run series stored as history.csv rows: ``{split: {metric:
+    values}}``, each value a row with that split and metric and its index as the step
+    (e.g. ``{"test_bins": {"accuracy": [...], ...}}``, the reliability-diagram bins)."""
+
+    metrics: dict[str, float]
+    series: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
 class Job(ABC):
     """One standard training job. Subclasses fill in the class attributes and hooks.
 
@@ -153,6 +164,7 @@ class Job(ABC):
     metrics: tuple[str, ...]
     primary_metric: str
     lower_is_better: frozenset[str] = frozenset()  # metrics where less is better
+    test_only_metrics: tuple[str, ...] = ()  # given by evaluate_test only, after metrics
     families: frozenset[Family]
     preds: frozenset[Pred]  # the kinds the adapter can produce from the model's output
     targets: frozenset[Target]
@@ -202,6 +214,12 @@ class Job(ABC):
         """Whether a higher ``metric`` is better: the one place this is decided."""
         return metric not in cls.lower_is_better
 
+    @property
+    def test_metric_names(self) -> tuple[str, ...]:
+        """Every metric of a run's test evaluation: ``metrics``, then ``test_only_metrics``
+        (what findings, table columns and ``list tasks`` may name)."""
+        return (*self.metrics, *self.test_only_metrics)
+
     # -- hooks ---------------------------------------------------------------------
     @abstractmethod
     def load_data(self) -> JobData:
@@ -221,6 +239,14 @@ class Job(ABC):
     def evaluate(self, model: nn.Module, split: Split, objective: Objective
                  ) -> dict[str, float]:
         """Metrics of ``model`` on ``split``: one host sync per call, not per batch."""
+
+    def evaluate_test(self, model: nn.Module, data: JobData, objective: Objective
+                      ) -> Evaluation:
+        """The one evaluation of the test split, after training: ``evaluate`` on it, plus
+        what a job derives with the validation split's help (``test_only_metrics``, e.g.
+        metrics after temperature scaling fitted on validation) and per-run series.
+        Called once per run, the model in eval mode."""
+        return Evaluation(self.evaluate(model, data.test, objective))
 
     @abstractmethod
     def probe(self) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ supplies ``class_counts`` (its training labels, after both) to losses that need 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from losscli.calibration import (
+    BIN_FIELDS,
+    balanced_accuracy,
+    classwise_calibration_error,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    worst_class_accuracy,
+)
 from losscli.data.mnist import RawSplit, load_fashion, load_mnist
 from losscli.data.stressors import (
     FASHION_PAIRS,
@@ -34,7 +44,16 @@ from losscli.data.stressors import (
     long_tail,
 )
 from losscli.errors import UsageError
-from losscli.jobs.base import Job, JobData, Objective, Option, Split, eval_chunks, hold_out
+from losscli.jobs.base import (
+    Evaluation,
+    Job,
+    JobData,
+    Objective,
+    Option,
+    Split,
+    eval_chunks,
+    hold_out,
+)
 from losscli.losses import Family, Pred, Target
 
 __all__ = ["DATA_OPTIONS", "ClassificationJob", "FashionJob", "MnistJob", "SmallCNN",
@@ -98,6 +117,11 @@ def _pairs_text(pairs: Mapping[int, int]) -> str:
     return ", ".join(parts)
 
 
+def _logits(model: nn.Module, split: Split) -> Tensor:
+    """``model``'s float32 logits ``[N, K]`` on ``split``, in eval-sized chunks."""
+    return torch.cat([model(x).float() for x in eval_chunks(split.x)])
+
+
 class ClassificationJob(Job):
     """Classification from logits ``[N, K]``: the adapter and metrics of the MNIST-style
     jobs (28x28 grey images, 10 classes, a small CNN) and of the folder jobs (``images``,
@@ -105,9 +129,11 @@ class ClassificationJob(Job):
 
     num_classes = 10
     model_name = "SmallCNN (2 conv + 2 fc)"
-    metrics = ("accuracy", "f1_macro", "ece", "nll")
+    metrics = ("accuracy", "f1_macro", "ece", "nll", "balanced_accuracy",
+               "worst_class_accuracy", "ece_classwise")
     primary_metric = "accuracy"
-    lower_is_better = frozenset({"ece", "nll"})
+    lower_is_better = frozenset({"ece", "nll", "ece_classwise", "ece_ts"})
+    test_only_metrics = ("ece_ts", "temperature")  # temperature scaling: see evaluate_test
     families = frozenset({Family.CLASSIFICATION, Family.BINARY})
     preds = frozenset({Pred.LOGITS, Pred.LOG_PROBS, Pred.PROBS})
     targets = frozenset({Target.INDEX, Target.BINARY})
@@ -201,20 +227,44 @@ class ClassificationJob(Job):
                  ) -> dict[str, float]:
         from torchmetrics.functional.classification import (
             multiclass_accuracy,
-            multiclass_calibration_error,
             multiclass_f1_score,
         )
 
-        logits = torch.cat([model(x).float() for x in eval_chunks(split.x)])
+        logits = _logits(model, split)
         y, k = split.y, logits.shape[1]  # a folder job's classes come with its data
+        probs = logits.softmax(1)
         values = torch.stack([
             multiclass_accuracy(logits, y, num_classes=k, average="micro"),
             multiclass_f1_score(logits, y, num_classes=k, average="macro"),
-            multiclass_calibration_error(logits.softmax(1), y, num_classes=k, n_bins=15,
-                                         norm="l1"),
+            expected_calibration_error(probs, y),  # 15 bins, top label
             F.cross_entropy(logits, y),
+            balanced_accuracy(logits, y, num_classes=k),
+            worst_class_accuracy(logits, y, num_classes=k),
+            classwise_calibration_error(probs, y),
         ])
         return dict(zip(self.metrics, values.tolist(), strict=True))  # the one host sync
+
+    @torch.no_grad()
+    def evaluate_test(self, model: nn.Module, data: JobData, objective: Objective
+                      ) -> Evaluation:
+        """``evaluate`` on the test split, then temperature scaling (Guo et al. 2017): the
+        ``temperature`` T is fitted on the validation logits alone (``fit_temperature``)
+        and ``ece_ts`` is the test split's ECE of ``softmax(logits / T)``. The series
+        ``test_bins``: the test split's 15 reliability-diagram bins, before scaling.
+
+        Costs a forward pass over validation and a second one over test (``evaluate``
+        makes its own): 0.1 s on mnist's 500 + 1,000 images at 1 thread."""
+        metrics = self.evaluate(model, data.test, objective)
+        t = fit_temperature(_logits(model, data.val), data.val.y)
+        logits, y = _logits(model, data.test), data.test.y
+        scaled = expected_calibration_error((logits / t).softmax(1), y) if math.isfinite(t) \
+            else logits.new_tensor(math.nan)  # a model whose validation logits overflowed
+        bins = reliability_bins(logits.softmax(1), y)
+        values = torch.cat([scaled.reshape(1), bins.flatten()]).tolist()  # one host sync
+        metrics |= {"ece_ts": values[0], "temperature": t}
+        n = bins.shape[1]
+        rows = {f: values[1 + i * n: 1 + (i + 1) * n] for i, f in enumerate(BIN_FIELDS)}
+        return Evaluation(metrics, {"test_bins": rows})
 
     def probe(self) -> tuple[Tensor, Tensor]:
         return torch.randn(4, self.num_classes), torch.arange(4) % self.num_classes
