@@ -152,8 +152,8 @@ SUMMARY_HEAD = ["job variant", "pick", "test mean [95 % CI]", "not significantly
                 "verdict", "tuned"]
 FINDING_HEAD = ["finding", "verdict", "evidence"]
 CAPTIONS = {  # by the end of a figure's file name
-    "curves": "Validation curves from the first eval after step 0, the last evals enlarged, "
-              "and the training loss.",
+    "curves": "Validation curves from the first eval after step 0 (with 4 or more evals, "
+              "the last third enlarged beside them) and the training loss.",
     "quality-vs-time": "Test metric against training time per run.",
     "tuning": "Tuning: validation metric against the tuned value, one line per loss.",
     "sensitivity": "Sensitivity: every trial's validation metric per loss; a long bar "
@@ -193,14 +193,15 @@ def _cost_rows(group: pd.DataFrame, order: list[str]) -> list[list[str]]:
 
 
 def _variant_section(i: int, variant: str, group: pd.DataFrame, history: pd.DataFrame,
-                     trials: pd.DataFrame, rankings: dict, out: Path) -> Section:
+                     trials: pd.DataFrame, rankings: dict, colour: dict[str, str],
+                     out: Path) -> Section:
     metric = group["primary_metric"].iloc[0]
     maximize = bool(group["maximize"].iloc[0])
     counts = group["status"].value_counts().to_dict()
     rank = rankings[variant]
     order = list(rank["loss"]) if len(rank) else []
     order += [loss for loss in dict.fromkeys(group["loss"]) if loss not in order]
-    palette = plots.colours(order)
+    palette = {loss: colour[loss] for loss in order}
     ok = group[group["status"] == "ok"]
     section = Section(variant, f"{metric}, {'higher' if maximize else 'lower'} is better · "
                       f"runs: {', '.join(f'{n} {s}' for s, n in counts.items())}")
@@ -213,12 +214,13 @@ def _variant_section(i: int, variant: str, group: pd.DataFrame, history: pd.Data
                    plots.quality_vs_time(variant, ok, metric, palette,
                                          out / f"v{i}-quality-vs-time.png")]
     if len(trials):
-        _tuning_parts(section, i, variant, group, trials, rankings, order, out)
+        _tuning_parts(section, i, variant, group, trials, rankings, order, colour, out)
     return section
 
 
 def _tuning_parts(section: Section, i: int, variant: str, group: pd.DataFrame,
-                  trials: pd.DataFrame, rankings: dict, order: list[str], out: Path) -> None:
+                  trials: pd.DataFrame, rankings: dict, order: list[str],
+                  colour: dict[str, str], out: Path) -> None:
     """A tuned variant's chosen settings, tuning and sensitivity figures, and its ranking
     beside the untuned one's when the run directory has that too."""
     metric = group["primary_metric"].iloc[0]
@@ -226,7 +228,7 @@ def _tuning_parts(section: Section, i: int, variant: str, group: pd.DataFrame,
     frame = tuning.trial_frame(trials)
     tuned = dict(zip(group["loss"], group["tuned"], strict=True))
     studies = [tuning.study_of(loss, tuned[loss]) for loss in order]
-    palette = plots.colours(list(dict.fromkeys([*studies, *frame["study"]])))
+    palette = {study: colour[study] for study in dict.fromkeys([*studies, *frame["study"]])}
     rows, chosen = tuning.chosen_rows(group, frame, maximize, order)
     section.tables.append(Table(
         f"Tuning on validation: the settings chosen per loss ({frame['trial'].nunique()} "
@@ -241,7 +243,8 @@ def _tuning_parts(section: Section, i: int, variant: str, group: pd.DataFrame,
     partner = tuning.untuned_partner(variant, list(rankings))
     if partner is not None:
         section.tables.append(Table(
-            f"Untuned vs tuned ranking on test (untuned: {partner})",
+            "Untuned vs tuned ranking on test (untuned: the same job and budget at a fixed "
+            "lr, its own section)",
             tuning.side_by_side_head(partner),
             tuning.side_by_side(rankings[partner], rankings[variant], group)))
 
@@ -253,9 +256,12 @@ def _sections(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> list[Sect
         return []
     variants = list(with_variant(ranked).groupby("variant", sort=False))
     rankings = {variant: ranking(group) for variant, group in variants}
+    studies = [tuning.study_of(loss, t) for loss, t in zip(trials["loss"], trials["tuned"],
+                                                          strict=True)] if len(trials) else []
+    colour = plots.colours(list(dict.fromkeys([*ranked["loss"], *studies])))
     return [_variant_section(i, variant, group, history,
                              trials[trials["variant"] == variant] if len(trials) else trials,
-                             rankings, out)
+                             rankings, colour, out)
             for i, (variant, group) in enumerate(variants)]
 
 
@@ -282,8 +288,10 @@ def _across(runs, out: Path) -> tuple[list[str], Path | None]:
     maximize = pd.Series({v: t.attrs["maximize"] for v, t in tables.items()})
     try:
         result = across_variants(means, maximize)
-    except Exception as exc:  # autorank refuses some shapes (e.g. too few variants)
-        return [f"Across variants: not computed ({exc})."], None
+    except Exception as exc:  # autorank refuses some shapes (e.g. fewer than 5 variants)
+        shared = means.dropna(axis=1).shape
+        return [f"Average ranks across job variants: not computed ({shared[0]} variants "
+                f"share {shared[1]} losses; autorank: {exc})."], None
     if result is None:
         return [], None
     ranks = ", ".join(f"`{loss}` {r:.2f}" for loss, r in result.rankdf["meanrank"].items())
@@ -388,13 +396,14 @@ def _verdict_class(col: int, cell: str) -> str:
     return f" class='{words[0]}'" if col == 1 and words else ""
 
 
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222;"
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;color:#222;"
        "padding:0 1em}table{border-collapse:collapse;margin:.4em 0 1.2em}"
        "caption{text-align:left;font-style:italic;font-size:13px;padding:2px 0}"
        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left;"
        "vertical-align:top}th{background:#f6f6f6}.num{text-align:right;"
        "font-variant-numeric:tabular-nums;white-space:nowrap}img{max-width:100%}"
-       "figure{margin:.6em 0 1.4em}figcaption{font-size:13px;color:#555}"
+       "figure{display:inline-block;vertical-align:top;max-width:100%;margin:.6em 1em 1.4em 0}"
+       "figcaption{font-size:13px;color:#555;max-width:640px}"
        ".reproduced{color:#080}.inconclusive{color:#a60}.not{color:#b00}"
        "code{background:#f3f3f3;padding:0 2px;font-size:12px}h2{margin-top:1.8em;"
        "border-bottom:1px solid #ddd}")

@@ -2,8 +2,9 @@
 curves with the end of training enlarged, the training loss, quality against time, and
 for tuned runs the validation metric against the tuned value and its spread over the grid.
 
-Every figure of a variant gives a loss the same colour, in ranking order, and puts its
-legend below the axes, where it cannot cover data.
+A loss keeps its colour in every figure of a report (``palette``: loss → colour, its keys
+in the variant's ranking order, which the legend follows), and each figure's legend sits
+below the axes, where it cannot cover data.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ LOG_SPAN = 100.0  # a panel whose positive values span this factor or more gets 
 
 
 def colours(losses: Sequence[str]) -> dict[str, str]:
-    """One colour per loss, in the order given (the ranking), shared by a variant's figures."""
+    """One colour per loss, in the order given, kept by every figure of a report."""
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     return {loss: cycle[i % len(cycle)] for i, loss in enumerate(losses)}
 
@@ -38,17 +39,20 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def legend_below(fig, axes) -> None:
-    """One legend for the figure, under its axes: it never covers a point or a line."""
+def legend_below(fig, axes, order: Sequence[str] = ()) -> None:
+    """One legend for the figure, under its axes, where it never covers a point or a line;
+    its entries in ``order`` (the ranking: the palette's keys), others after."""
     seen: dict[str, object] = {}
     for ax in np.atleast_1d(axes):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
-    if seen:
-        wide = max(len(label) for label in seen) > 30
+    place = {label: i for i, label in enumerate(order)}
+    seen = dict(sorted(seen.items(), key=lambda kv: place.get(kv[0], len(place))))
+    if seen:  # one row when the labels fit in it (matplotlib fills columns first)
+        one_row = sum(len(label) + 6 for label in seen) <= 100
         fig.legend(list(seen.values()), list(seen), loc="upper center", fontsize=8,
                    bbox_to_anchor=(0.5, 0.0), frameon=False,
-                   ncol=1 if wide and len(seen) > 2 else min(len(seen), 4))
+                   ncol=len(seen) if one_row else 1 if max(map(len, seen)) > 40 else 2)
 
 
 def _curves(history: pd.DataFrame, runs: pd.DataFrame, split: str, metric: str
@@ -109,7 +113,7 @@ def curve_figure(variant: str, runs: pd.DataFrame, history: pd.DataFrame, metric
         ax.set_ylabel(f"validation {metric}")
         ax.grid(alpha=0.3)
     _train_loss_panel(axes[-1], history, runs, palette)
-    legend_below(fig, axes)
+    legend_below(fig, axes, list(palette))
     fig.suptitle(variant, fontsize=10)
     fig.tight_layout()
     return save(fig, path)
@@ -133,7 +137,7 @@ def _train_loss_panel(ax, history: pd.DataFrame, runs: pd.DataFrame,
 def quality_vs_time(variant: str, runs: pd.DataFrame, metric: str, palette: dict[str, str],
                     path: Path) -> Path:
     """Each loss's test metric against its training time, mean ± std over seeds."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for _, g in runs.groupby("loss_key", sort=False):
         loss = g["loss"].iloc[0]
         ax.errorbar(g["train_seconds"].mean(), g["test_final"].mean(),
@@ -143,7 +147,7 @@ def quality_vs_time(variant: str, runs: pd.DataFrame, metric: str, palette: dict
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"{variant}\nquality vs time (mean ± std over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
-    legend_below(fig, ax)
+    legend_below(fig, ax, list(palette))
     fig.tight_layout()
     return save(fig, path)
 
@@ -153,7 +157,7 @@ def tuning_plot(variant: str, trials: pd.DataFrame, metric: str, axis: str, maxi
     """The validation metric against the tuned ``axis`` (``lr`` or ``term.param``), one line
     per loss through the best trial at each value; every trial a point (hollow: pruned
     early, at the value it had then). A narrow, peaked line is a fragile loss."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
     for study, g in trials.groupby("study", sort=False):
         colour = palette.get(study, "k")
         done = g.dropna(subset=["x", "val_final"])
@@ -172,7 +176,7 @@ def tuning_plot(variant: str, trials: pd.DataFrame, metric: str, axis: str, maxi
     ax.set_title(f"{variant}\nvalidation {metric} vs {axis} (hollow: pruned early, value at "
                  "its last eval)", fontsize=9)
     ax.grid(alpha=0.3)
-    legend_below(fig, ax)
+    legend_below(fig, ax, list(palette))
     fig.tight_layout()
     return save(fig, path)
 
@@ -183,7 +187,7 @@ def sensitivity_plot(variant: str, trials: pd.DataFrame, chosen: dict[str, float
     trained the full budget as a bar and the chosen setting as a diamond: a long bar is a
     loss that needs tuning."""
     studies = list(dict.fromkeys(trials["study"]))
-    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.55 * len(studies)))
+    fig, ax = plt.subplots(figsize=(5.6, 1.1 + 0.5 * len(studies)))
     for i, study in enumerate(studies):
         g = trials[trials["study"] == study].dropna(subset=["val_final"])
         colour = palette.get(study, "k")

@@ -22,8 +22,11 @@ def report(
 ) -> None:
     """Write report.md (with PNG plots) and a self-contained report.html.
 
-    Per job: a ranking with 95 % CIs and significance against the best loss, convergence
-    curves, costs, quality vs time; for paper suites, a verdict per published finding."""
+    At the top, which loss to pick per job variant. Per variant: a ranking with 95 % CIs
+    and Holm-corrected significance against the best loss, costs in ranking order,
+    validation curves with the end of training enlarged, quality vs time; for tuned runs
+    the chosen settings, the metric against the tuned value, its spread over the grid and
+    the untuned ranking beside the tuned one; for paper suites, a verdict per finding."""
     from losscli.report import build_report
     from losscli.results import WriteError, read_meta, read_run_dir
     from losscli.suite import load_suite
