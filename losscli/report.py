@@ -21,6 +21,7 @@ import pandas as pd
 from losscli import report_plots as plots
 from losscli import report_tuning as tuning
 from losscli.render import fmt_num
+from losscli.report_calibration import reliability_plot
 from losscli.results import (
     compared,
     read_history,
@@ -213,6 +214,9 @@ def _variant_section(i: int, variant: str, group: pd.DataFrame, history: pd.Data
                                       out / f"v{i}-curves.png"),
                    plots.quality_vs_time(variant, ok, metric, palette,
                                          out / f"v{i}-quality-vs-time.png")]
+    reliability = reliability_plot(variant, group, history, out / f"v{i}-reliability.png",
+                                   palette)
+    images += [reliability] if reliability else []  # classification runs' test bins
     if len(trials):
         _tuning_parts(section, i, variant, group, trials, rankings, order, colour, out)
     return section

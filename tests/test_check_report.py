@@ -133,10 +133,11 @@ def test_report_writes_markdown_png_and_self_contained_html(baseline_run, tmp_pa
     assert res.exit_code == 0, res.output
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| 1 | " in md and "95 % CI" in md and "focal:gamma=2" in md
-    pngs = list((tmp_path / "rep").glob("*.png"))
-    assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
+    pngs = list((tmp_path / "rep").glob("*.png"))  # curves, quality vs time, reliability
+    assert len(pngs) == 3 and all(p.stat().st_size > 5000 for p in pngs)
+    assert (tmp_path / "rep" / "v0-reliability.png").exists()
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
 
 
 def test_report_of_nothing_is_a_usage_error(tmp_path):
