@@ -253,7 +253,8 @@ class ClassificationJob(Job):
         ``test_bins``: the test split's 15 reliability-diagram bins, before scaling.
 
         Costs a forward pass over validation and a second one over test (``evaluate``
-        makes its own): 0.1 s on mnist's 500 + 1,000 images at 1 thread."""
+        makes its own): on mnist (500 + 1,000 images) 0.63 s against evaluate's 0.24 s,
+        median of 5 at 1 thread on a shared machine at load 6."""
         metrics = self.evaluate(model, data.test, objective)
         t = fit_temperature(_logits(model, data.val), data.val.y)
         logits, y = _logits(model, data.test), data.test.y
