@@ -23,6 +23,21 @@ from losscli.cli.common import (
 from losscli.cli.running import ColumnsOpt, PerSeedOpt, ThreadsOpt, WideOpt
 
 
+def _metric_names(requests) -> set[str]:
+    """The test metrics of the suite's jobs (what ``--columns`` may name). A job that
+    cannot be made is skipped: the plan check names every problem at once (exit 2)."""
+    from losscli.errors import UsageError
+    from losscli.jobs import create_job
+
+    names: set[str] = set()
+    for r in requests:
+        try:
+            names.update(create_job(r.task, **r.options).test_metric_names)
+        except UsageError:
+            continue
+    return names
+
+
 @handle_errors
 def sweep(
     suite_file: Annotated[Path, typer.Argument(metavar="SUITE.toml", show_default=False,
@@ -54,14 +69,12 @@ def sweep(
     from losscli.cli.running import cpu_threads, finish, loading, progress_factory, table_columns
 
     with loading(quiet):
-        from losscli.jobs import create_job
         from losscli.suite import load_suite
         from losscli.sweep import load_plugins, make_plan, run_suite
 
     plugins = load_plugins(plugin or [])
     suite = load_suite(suite_file)
-    shown = table_columns(wide, columns, {m for r in suite.requests for m in
-                                          create_job(r.task, **r.options).test_metric_names})
+    shown = table_columns(wide, columns, _metric_names(suite.requests))
     if dry_run:
         with loading(quiet, "checking the plan, loading data"):
             plan = make_plan(suite.requests, cli_device(device), bf16)
