@@ -12,7 +12,9 @@ drop on the CI suite; ``tolerance`` keeps that old rule for comparison only (``c
 ``diff`` do not use it).
 
 Convergence may be slower by at most ``STEPS_RTOL`` of the baseline's steps to target
-plus one eval interval; a loss that reached the target on every seed must still reach it.
+plus one eval interval; fewer seeds reaching the target is a regression when a one-sided
+binomial test at ``FALSE_ALARM`` says so (``fewer_reached_p``), not for one seed's
+rounding.
 A run that errors or diverges where the baseline's did not is a regression too.
 """
 
@@ -30,7 +32,7 @@ from losscli.files import parse_table, read_text
 from losscli.results import WriteError, groups, seed_stats
 
 __all__ = ["ATOL", "BASELINE_COLUMNS", "K_STD", "RTOL", "STEPS_RTOL", "Verdict",
-           "check_baseline", "compare", "make_baseline", "read_baseline", "tolerance",
+           "check_baseline", "compare", "fewer_reached_p", "make_baseline", "read_baseline", "tolerance",
            "write_junit"]
 
 ATOL, RTOL, K_STD, STEPS_RTOL = 0.005, 0.01, 3.0, 0.25
@@ -200,15 +202,37 @@ def _problems(b, cur: dict | None, tol: float) -> list[str]:
                         f"{FALSE_ALARM:.0%})")
     elif math.isnan(cur["mean"]) and not math.isnan(b["mean"]):
         problems.append("quality: no finished run")
-    if cur["reached"] < b["reached"]:
-        problems.append(f"convergence: reached the target on {cur['reached']} seeds "
-                        f"(baseline {b['reached']})")
+    p_reach = fewer_reached_p(int(b["reached"]), int(b["seeds"]), int(cur["reached"]),
+                              int(cur["seeds"]))
+    if p_reach < FALSE_ALARM:
+        problems.append(f"convergence: reached the target on {cur['reached']} of "
+                        f"{cur['seeds']} seeds (baseline {b['reached']} of {b['seeds']}; "
+                        f"binomial p = {p_reach:.3g} < {FALSE_ALARM:.0%})")
     elif b["reached"] and cur["reached"]:
         limit = b["steps_to_target"] * (1 + STEPS_RTOL) + b["eval_every"]
         if cur["steps_to_target"] > limit:
             problems.append(f"convergence: {cur['steps_to_target']:.0f} steps to target vs "
                             f"baseline {b['steps_to_target']:.0f} (limit {limit:.0f})")
     return problems
+
+
+def fewer_reached_p(base_reached: int, base_seeds: int, reached: int, seeds: int) -> float:
+    """How surprising it is that only ``reached`` of ``seeds`` current runs reached the
+    target: the one-sided binomial p of at least ``seeds - reached`` misses when each seed
+    misses with the baseline's rate, Laplace-smoothed ((misses + 1) / (n + 2), so a
+    baseline that reached on every seed still allows an occasional miss). One seed fewer
+    than the baseline is float rounding's doing (seen: 3 of 4 vs 4 of 4 from the thread
+    count alone) and is never flagged at 1 % with 4-6 seeds; none of 4 where the baseline
+    reached on all 4 is (p = 0.0008)."""
+    from scipy.stats import binomtest
+
+    if seeds <= 0:
+        return 1.0
+    miss_rate = (base_seeds - base_reached + 1) / (base_seeds + 2)
+    misses = seeds - reached
+    if misses <= 0:
+        return 1.0
+    return float(binomtest(misses, seeds, miss_rate, alternative="greater").pvalue)
 
 
 def write_junit(verdicts: list[Verdict], path: Path) -> None:

@@ -143,3 +143,18 @@ def test_report_writes_markdown_png_and_self_contained_html(baseline_run, tmp_pa
 def test_report_of_nothing_is_a_usage_error(tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "no runs.csv" in res.output
+
+
+def test_fewer_seeds_reaching_the_target_is_judged_by_a_binomial_test():
+    from losscli.check import fewer_reached_p
+
+    assert fewer_reached_p(4, 4, 3, 4) > 0.01  # one seed fewer: rounding, not a regression
+    assert fewer_reached_p(4, 4, 0, 4) == pytest.approx((1 / 6) ** 4)  # none: flagged
+    assert fewer_reached_p(4, 4, 0, 4) < 0.01
+    assert fewer_reached_p(2, 4, 4, 4) == 1.0  # more seeds reaching is never a regression
+    base = make_baseline(_runs({"a": [0.90, 0.92, 0.94, 0.93]}, "accuracy"))
+    none = _runs({"a": [0.90, 0.92, 0.94, 0.93]}, "accuracy").assign(steps_to_target=None)
+    assert any("convergence" in p for p in compare(none, base)[0].problems)
+    one_fewer = _runs({"a": [0.90, 0.92, 0.94, 0.93]}, "accuracy")
+    one_fewer.loc[0, "steps_to_target"] = None
+    assert compare(one_fewer, base)[0].ok
