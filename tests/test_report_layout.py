@@ -18,6 +18,7 @@ import pytest
 from losscli import report_plots
 from losscli.report import build_report
 from losscli.results import ResultStore, RunResult
+from losscli.suite import Finding
 
 DEFAULTS = {"int": 0, "float": 0.0, "bool": False, "str": "", "int | None": None}
 
@@ -134,7 +135,9 @@ def _md_rows(md: str, first_header: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def untuned_report(untuned, tmp_path_factory):
-    md, page = build_report(untuned, tmp_path_factory.mktemp("rep"))
+    finding = Finding(id="f", title="best beats worst_first", task="imbalanced",
+                      metric="auprc", better=("best",), than="worst_first", maximize=True)
+    md, page = build_report(untuned, tmp_path_factory.mktemp("rep"), [finding])
     return md.read_text(), page.read_text(), md.parent
 
 
@@ -151,6 +154,7 @@ def test_html_has_no_literal_markdown_and_renders_code(untuned_report):
     text = re.sub(r"src='data:[^']*'", "", page)
     assert "`" not in text and "**" not in text and "](" not in text
     assert "<code>0.5*focal:gamma=2+dice</code>" in text
+    assert "<td class='reproduced'><b>reproduced</b></td>" in text  # **bold** in the .md
 
 
 def test_html_aligns_numbers_right_and_text_left(untuned_report):
