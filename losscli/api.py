@@ -26,6 +26,7 @@ def compare(
     seeds: int | Sequence[int] = 1,
     steps: int | None = None,
     tune: str | Sequence[str] | None = None,
+    tune_storage: str | None = None,
     options: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     device: str = "cpu",
@@ -43,6 +44,8 @@ def compare(
         steps: optimizer steps per run; None: the job's budget (its task file).
         tune: what to tune first on the validation split, as ``--tune`` takes it
             (``"lr"``, ``["lr", "focal:gamma=[1,2,5]"]``); None: nothing.
+        tune_storage: a database URL whose Optuna studies the tuning trials share with
+            other processes, as ``--tune-storage`` (``"sqlite:///runs/optuna.db"``).
         options: job options by name (``{"outliers": 0.1}``), as ``--opt NAME=VALUE``.
         out: the run directory, kept (runs already in it are not trained again); None: a
             temporary directory, removed before this returns.
@@ -70,9 +73,11 @@ def compare(
     request = _request(task, losses, seeds, steps, tune, options, settings)
     device = str(resolve_device(device))
     if out is not None:
-        return summarize(run([request], Path(out), device=device, plugins=plugins).runs)
+        return summarize(run([request], Path(out), device=device, plugins=plugins,
+                             tune_storage=tune_storage).runs)
     with tempfile.TemporaryDirectory(prefix="losscli-") as tmp:
-        return summarize(run([request], Path(tmp), device=device, plugins=plugins).runs)
+        return summarize(run([request], Path(tmp), device=device, plugins=plugins,
+                             tune_storage=tune_storage).runs)
 
 
 def _request(task, losses, seeds, steps, tune, options, settings):

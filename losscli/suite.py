@@ -3,6 +3,8 @@
 ```toml
 name = "quick"                 # the default run directory: results/runs/<name>
 seeds = 3                      # N (seeds 0..N-1) or a list such as [0, 1, 2]
+tune_storage = "sqlite:///results/runs/quick/optuna.db"  # optional: tuning trials shared
+                               # by processes (as --tune-storage, which wins over it)
 [defaults]                     # budget overrides for every job (optional)
 epochs = 2
 [[job]]
@@ -75,6 +77,7 @@ class Suite:
     requests: tuple[JobRequest, ...]
     findings: tuple[Finding, ...] = ()
     description: str = ""
+    tune_storage: str | None = None  # an Optuna RDB URL shared by processes (--tune-storage)
 
 
 
@@ -88,7 +91,7 @@ MAX_GRID = 1000  # losses of one job: its list plus every combination of its gri
 NAME_RULE = ("a name, not a path: 1-100 characters without '/', '\\', '..', control "
              "characters or a leading '.'")
 
-_TOP_KEYS = {"name", "seeds", "description", "defaults", "job", "finding"}
+_TOP_KEYS = {"name", "seeds", "description", "defaults", "job", "finding", "tune_storage"}
 _JOB_KEYS = {"task", "losses", "seeds", "options", "grid", "tune", *BUDGET_KEYS}
 _FINDING_KEYS = {"id", "title", "task", "metric", "better", "than", "maximize", "options",
                  "steps"}
@@ -350,6 +353,8 @@ def load_suite(path: str | Path) -> Suite:
                         "[[job]] entries (see tasks/quick.toml)")
     name = _name(doc, path, problems)
     description = _get(doc, "description", str, "text", where, problems) or ""
+    tune_storage = _get(doc, "tune_storage", str, "a database URL (sqlite:///PATH.db)", where,
+                        problems) or None
     seeds = _seeds(doc["seeds"], where, problems) if "seeds" in doc else (0,)
     defaults_doc = _get(doc, "defaults", dict, "a table ([defaults] with budget keys)",
                         where, problems) or {}
@@ -365,4 +370,5 @@ def load_suite(path: str | Path) -> Suite:
         more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UsageError("\n".join(problems[:20]) + more)
     return Suite(name=name, path=path, requests=tuple(r for r in requests if r),
-                 findings=tuple(f for f in findings if f), description=description)
+                 findings=tuple(f for f in findings if f), description=description,
+                 tune_storage=tune_storage)

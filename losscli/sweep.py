@@ -370,9 +370,11 @@ def execute(plan: Plan, store: ResultStore, *, runs: Sequence[RunSpec] | None = 
 # --------------------------------------------------------------------------- tuning
 
 
-def tune_plan(plan: Plan, store: ResultStore, progress: Progress | None = None) -> Plan:
+def tune_plan(plan: Plan, store: ResultStore, progress: Progress | None = None,
+              storage: Any = None) -> Plan:
     """The plan with each tuned (variant, loss) replaced by its winner's final runs, after
-    running (or replaying from ``store``) its trials; see ``losscli.tuning``."""
+    running (or replaying from ``store``) its trials; see ``losscli.tuning``. ``storage``:
+    an Optuna RDB storage shared with other processes (``losscli.tuning_storage``)."""
     from dataclasses import replace
 
     from losscli import tuning
@@ -391,14 +393,31 @@ def tune_plan(plan: Plan, store: ResultStore, progress: Progress | None = None) 
         space = first.tune.grid(first.loss, first.cfg.lr)
         progress.phase(f"tuning {first.job.name} {first.loss.spec}: "
                        f"{budgets[_variant_of(first)]} trials on validation")
-        params = tuning.tune_group(
-            space, budgets[_variant_of(first)], first.job.maximize, first.cfg.steps,
-            lambda n, p, ask, first=first: _trial(plan, store, first, n, p, ask, stored,
-                                                  history, progress))
+        def trial(n, p, ask, first=first):
+            return _trial(plan, store, first, n, p, ask, stored, history, progress)
+
+        if storage is None:
+            params = tuning.tune_group(space, budgets[_variant_of(first)], first.job.maximize,
+                                       first.cfg.steps, trial)
+        else:
+            params = _tune_shared(storage, first, space, budgets[_variant_of(first)], trial,
+                                  progress)
         loss, cfg = tuning.configure(first.loss, params), tuning.settings_with(first.cfg, params)
         runs += [replace(s, loss=loss, cfg=cfg, phase="final", tuned=tuning.describe(params))
                  for s in group]
     return replace(plan, runs=runs)
+
+
+def _tune_shared(storage, first: RunSpec, space, budget: int, trial, progress: Progress):
+    """One (variant, loss) tuned on a study shared with other processes: named by the
+    group's run identity, its space, its budget and the pruner's settings."""
+    from losscli import tuning, tuning_storage
+
+    name = tuning_storage.study_name(first.job.name, first.loss.key, {
+        "run": first.key, "space": space, "trials": budget,
+        "pruner": [tuning.ETA, tuning.FIRST_RUNG]})
+    return tuning_storage.tune_shared(storage, name, space, budget, first.job.maximize,
+                                      first.cfg.steps, trial, progress.phase)
 
 
 def _variant_of(spec: RunSpec) -> tuple:
@@ -457,25 +476,34 @@ class SweepResult:
 def run(requests: Sequence[JobRequest], root: Path, *, device: str = "cpu",
         bf16: bool = False, workers: int = 1, plugins: Sequence[str] = (),
         vectorise: str = "auto", progress: Callable[[], Any] | None = None,
-        meta: dict[str, Any] | None = None) -> SweepResult | None:
+        meta: dict[str, Any] | None = None, tune_storage: str | None = None
+        ) -> SweepResult | None:
     """Plan, resume and execute; on rank 0 return the plan, its runs and the run directory.
 
     ``progress()`` makes a context manager that yields a ``Progress``: it is told of the
     plan checks first, then of the runs.
     Under torchrun each rank runs its share and writes its own shard; ranks other than 0
-    return None.
+    return None. ``tune_storage``: a database URL whose Optuna studies the tuning trials
+    share with other processes (every rank under torchrun); see ``losscli.tuning_storage``.
     """
     rank, world, device = _distributed(device)
+    if tune_storage:
+        from losscli import tuning_storage
+
+        tuning_storage.check_url(tune_storage, Path(root))
+        meta = {**(meta or {}), "tune_storage": tuning_storage.shown_url(tune_storage)}
     with (progress or _no_progress)() as bars:
         bars.phase("checking the plan, loading data")
         plan = make_plan(requests, device, bf16)
         store = ResultStore(root, shard=f"rank{rank}" if world > 1 else None)
         with store.locked(), _resumable(store.root):  # one writer per file; Ctrl-C names root
             if any(r.tune is not None for r in plan.runs):  # trials are rows too: locked
-                if world > 1:
-                    raise UsageError("tuning runs in one process (use a plain sweep under "
-                                     "torchrun)")
-                plan = tune_plan(plan, store, bars)
+                if world > 1 and not tune_storage:
+                    raise UsageError("tuning under torchrun needs --tune-storage, a database "
+                                     "the ranks share (sqlite:///RUN_DIR/optuna.db on one "
+                                     "machine, postgresql://USER@HOST/DB across machines)")
+                plan = tune_plan(plan, store, bars, tuning_storage.open_storage(tune_storage)
+                                 if tune_storage else None)
             mine = shard(plan.runs, rank, world)
             done = store.finished_keys()
             if rank == 0:
@@ -508,6 +536,8 @@ def run_suite(suite_file: Path, out_dir: Path | None = None, **kwargs: Any
 
     suite = load_suite(suite_file)
     root = out_dir or Path("results") / "runs" / suite.name
+    if kwargs.get("tune_storage") is None:  # --tune-storage wins over the suite's
+        kwargs["tune_storage"] = suite.tune_storage
     return run(suite.requests, root, meta={"suite": str(suite_file)}, **kwargs)
 
 

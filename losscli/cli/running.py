@@ -20,9 +20,9 @@ from rich.text import Text
 from losscli.cli.common import EXIT_FAILED, OutputFormat, err, out
 from losscli.render import tuned_text
 
-__all__ = ["ColumnsOpt", "PerSeedOpt", "RunProgress", "ThreadsOpt", "WideOpt", "cpu_threads",
-           "finish", "loading", "progress_factory", "render_summary", "report_errors", "seed_label",
-           "show_runs", "table_columns"]
+__all__ = ["ColumnsOpt", "PerSeedOpt", "RunProgress", "ThreadsOpt", "TuneStorageOpt", "WideOpt",
+           "cpu_threads", "finish", "loading", "progress_factory", "render_summary",
+           "report_errors", "seed_label", "show_runs", "table_columns"]
 
 ThreadsOpt = Annotated[int | None, typer.Option(
     min=1, help="CPU threads per process (default: torch's). On CPU the thread count changes "
@@ -31,6 +31,10 @@ PerSeedOpt = Annotated[bool, typer.Option(
     "--per-seed", help="One row per run (each seed) instead of mean ± std per loss.")]
 WideOpt = Annotated[bool, typer.Option(
     "--wide", help="Every table column, even wider than the terminal.")]
+TuneStorageOpt = Annotated[str | None, typer.Option(
+    metavar="<url>", help="Share tuning trials with other processes through an Optuna "
+    "database: sqlite:///PATH.db (one machine; every torchrun rank), postgresql://USER@HOST/DB "
+    "(several machines). Each grid point runs once across them; all agree on the winner.")]
 ColumnsOpt = Annotated[str | None, typer.Option(
     metavar="<names>", help="Extra table columns, comma-separated: best, auc, a metric's name, "
     "train_loss, samples_s, loss_ms, runs (or all). Default: those that fit the terminal.")]

@@ -20,7 +20,7 @@ from losscli.cli.common import (
     handle_errors,
     out,
 )
-from losscli.cli.running import ColumnsOpt, PerSeedOpt, ThreadsOpt, WideOpt
+from losscli.cli.running import ColumnsOpt, PerSeedOpt, ThreadsOpt, TuneStorageOpt, WideOpt
 
 
 def _metric_names(requests) -> set[str]:
@@ -52,6 +52,7 @@ def sweep(
     device: DeviceOpt = Device.auto,
     bf16: Bf16Opt = False,
     vectorise: VectoriseOpt = Vectorise.auto,
+    tune_storage: TuneStorageOpt = None,
     plugin: PluginOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     per_seed: PerSeedOpt = False,
@@ -78,12 +79,17 @@ def sweep(
     if dry_run:
         with loading(quiet, "checking the plan, loading data"):
             plan = make_plan(suite.requests, cli_device(device), bf16)
+        if tune_storage or suite.tune_storage:
+            from losscli.tuning_storage import check_url
+
+            check_url(tune_storage or suite.tune_storage,
+                      out_dir or Path("results") / "runs" / suite.name)
         out.print(_plan_table(plan, out_dir or Path("results") / "runs" / suite.name))
         return
     with cpu_threads(threads):
         result = run_suite(suite_file, out_dir, device=cli_device(device), bf16=bf16,
                            workers=workers, plugins=plugins, vectorise=vectorise.value,
-                           progress=progress_factory(quiet))
+                           progress=progress_factory(quiet), tune_storage=tune_storage)
     if result is None:  # a rank other than 0
         return
     finish(result, fmt, per_seed=per_seed, columns=shown)

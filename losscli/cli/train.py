@@ -23,7 +23,7 @@ from losscli.cli.common import (
     handle_errors,
 )
 from losscli.cli.help import TASKS
-from losscli.cli.running import ColumnsOpt, PerSeedOpt, ThreadsOpt, WideOpt
+from losscli.cli.running import ColumnsOpt, PerSeedOpt, ThreadsOpt, TuneStorageOpt, WideOpt
 
 BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
 TUNE_HELP = (
@@ -80,6 +80,7 @@ def train(
         "--opt", metavar="<name=value>", help="A job option as NAME=VALUE (repeatable).")] =
         None,
     tune: Annotated[list[str] | None, typer.Option(metavar="<spec>", help=TUNE_HELP)] = None,
+    tune_storage: TuneStorageOpt = None,
     select: Annotated[Select, typer.Option(help="The model the test split scores: the "
                                            "final one, or the best on validation.")] =
         Select.final,
@@ -118,7 +119,8 @@ def train(
     with cpu_threads(threads):
         result = run([request], out_dir or Path("results") / "runs" / f"{stamp}-{task}",
                      device=cli_device(device), bf16=bf16, plugins=plugins,
-                     vectorise=vectorise.value, progress=progress_factory(quiet))
+                     vectorise=vectorise.value, progress=progress_factory(quiet),
+                     tune_storage=tune_storage)
     finish(result, fmt, per_seed=per_seed, columns=shown)
 
 
