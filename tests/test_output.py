@@ -320,6 +320,31 @@ def test_unknown_column_stops_train_before_it_trains(tmp_path):
     assert not (tmp_path / "run" / "runs.csv").exists()
 
 
+def test_a_table_shows_only_its_own_jobs_metrics(tmp_path):
+    """Two jobs in one run directory: the reg table has no accuracy/ece column of mnist's."""
+    from dataclasses import fields
+
+    from losscli.results import ResultStore, RunResult
+
+    store = ResultStore(tmp_path)
+    for job, metrics in {"mnist": {"accuracy": 0.97, "ece": 0.01},
+                         "reg": {"rmse": 0.3, "mae": 0.2}}.items():
+        row = {f.name: {"int": 0, "float": 0.0, "bool": False}.get(str(f.type), "")
+               for f in fields(RunResult)}
+        row.update(run_key=job, job=job, job_options="{}", loss="l", loss_key="l",
+                   status="ok", primary_metric=next(iter(metrics)), test_final=0.5,
+                   maximize=job == "mnist", steps=10, eval_every=5, batch_size=8, lr=1e-3,
+                   optimizer="adam", device="cpu", threads=1, phase="run",
+                   selected_step=None, steps_to_target=None, trial=None, rung=None,
+                   test_metrics=metrics, val_metrics=metrics, finished_at="t")
+        store.append(RunResult(**row), [])
+    res = runner.invoke(app, ["show", str(tmp_path), "--wide"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    mnist, reg = res.stdout.split("reg: rmse")
+    assert "ece" in mnist and "mae" not in mnist
+    assert "mae" in reg and "ece" not in reg and "accuracy" not in reg
+
+
 def test_diff_uses_the_check_rule(run80, tmp_path):
     _, out = run80
     same = runner.invoke(app, ["diff", str(out), str(out)])

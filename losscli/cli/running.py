@@ -301,6 +301,9 @@ def _print_tables(frame, runs, columns, per_seed: bool) -> None:
     first = with_variant(runs).groupby("variant", sort=False).first()
     for variant, rows in frame.groupby("variant", sort=False):
         r = first.loc[variant]
+        rows = rows.drop(columns=[c for c in rows.columns if c.endswith("_mean") and c not in
+                                  ("final_mean", "best_mean", "val_mean")
+                                  and rows[c].isna().all()])  # other jobs' metrics
         metric = r["primary_metric"]
         direction = "higher" if str(r["maximize"]).lower() == "true" else "lower"
         title = (f"{r['job']}: {metric} ({direction} is better, target {fmt_target(r['target'])})"
