@@ -296,8 +296,11 @@ def _across(runs, out: Path) -> tuple[list[str], Path | None]:
         shared = means.dropna(axis=1).shape
         return [f"Average ranks across job variants: not computed ({shared[0]} variants "
                 f"share {shared[1]} losses; autorank: {exc})."], None
-    if result is None:
-        return [], None
+    if result is None:  # one variant, or fewer than 2 losses common to all of them
+        shared = means.dropna(axis=1).shape[1]
+        return ([] if len(means) < 2 else [
+            f"Average ranks across job variants: not computed ({shared} losses common to all "
+            f"{len(means)} variants; the Friedman test needs 2, and autorank 5 variants)."]), None
     ranks = ", ".join(f"`{loss}` {r:.2f}" for loss, r in result.rankdf["meanrank"].items())
     lines = [f"Across {means.dropna(axis=1).shape[0]} variants: average ranks {ranks}; "
              f"Friedman p {_p(result.pvalue)}; critical difference {result.cd:.2f} "
@@ -378,9 +381,10 @@ _NUMBER_CHARS = re.compile(r"[\d\s.,±\[\]<–+\-−e%/()]*")
 
 def _numeric(rows: list[list[str]], col: int) -> bool:
     """A column of numbers (right-aligned): every cell digits, signs, ``±``, brackets,
-    ``–``, ``best`` or ``(best) to``, not all empty; text and code stay left."""
+    ``–``, ``best`` or ``(best) to``, and a digit somewhere; text and code stay left."""
     cells = [str(row[col]).replace("(best) to", "").replace("best", "") for row in rows]
-    return any(c.strip() for c in cells) and all(_NUMBER_CHARS.fullmatch(c) for c in cells)
+    return any(re.search(r"\d", c) for c in cells) and \
+        all(_NUMBER_CHARS.fullmatch(c) for c in cells)
 
 
 def _html_table(table: Table, cell_class=None) -> str:

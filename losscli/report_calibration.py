@@ -14,6 +14,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from losscli.report_plots import legend_below, save  # noqa: E402
+
 __all__ = ["BINS_SPLIT", "pooled_bins", "reliability_plot"]
 
 BINS_SPLIT = "test_bins"  # history.csv split of the bins; step = bin index
@@ -74,8 +76,6 @@ def reliability_plot(variant: str, runs: pd.DataFrame, history: pd.DataFrame, pa
     ax.set_title(textwrap.fill(f"{variant}: reliability on test before temperature scaling, "
                                "seeds pooled", 90), fontsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    legend_below(fig, ax)  # a legend inside the square covered the upper-left bins
+    return save(fig, path)

@@ -103,8 +103,8 @@ def curve_figure(variant: str, runs: pd.DataFrame, history: pd.DataFrame, metric
             end = s >= zoom
             _band(axes[1], s[end], mean[end], low[end], high[end], palette.get(loss, "k"),
                   loss, marker="o")
-    axes[0].set_title(f"validation {metric} (band: min–max over seeds; from the first eval "
-                      "after step 0)", fontsize=9)
+    axes[0].set_title(f"validation {metric} from the first eval after step 0\n(band: min–max "
+                      "over seeds)", fontsize=9)
     if zoom is not None:
         axes[1].set_title(f"end of training: the evals from step {zoom:g} enlarged",
                           fontsize=9)

@@ -30,6 +30,7 @@ def _result(**values) -> RunResult:
                 steps=300, eval_every=50, epochs=1.0, batch_size=64, lr=3e-4,
                 optimizer="adam", threads=1, train_seconds=10.0, samples_per_s=1000.0,
                 loss_ms_per_step=0.1, seeds_together=1, phase="run", tuned="",
+                steps_to_target=150,
                 data_source="hand-made", versions="v", finished_at="2025-01-01T00:00:00")
     base.update(values)
     base["loss_key"] = base.get("loss_key") or base["loss"]
