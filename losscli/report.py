@@ -10,7 +10,9 @@ about tuning comes from ``losscli.report_tuning``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -160,7 +162,9 @@ CAPTIONS = {  # by the end of a figure's file name
     "sensitivity": "Sensitivity: every trial's validation metric per loss; a long bar "
                    "needs tuning.",
     "reliability": "Reliability on test (classification runs).",
-    "critical-difference": "Critical-difference diagram over job variants (Demšar 2006).",
+    "critical-difference": "Critical-difference diagram (Demšar 2006): average ranks of "
+                           "the losses; losses joined by a bar are not significantly "
+                           "different (Nemenyi).",
 }
 
 
@@ -280,35 +284,69 @@ def _summary_rows(runs) -> list[list[str]]:
             for _, r in table.iterrows()]
 
 
-def _across(runs, out: Path) -> tuple[list[str], Path | None]:
-    """Average ranks over variants, the Friedman test and a critical-difference diagram
-    (autorank), where at least two variants share at least two losses."""
+MIN_BLOCKS = 5  # autorank's minimum number of blocks (rows) for the Friedman test
+
+
+def rank_blocks(runs) -> dict[str, tuple[pd.DataFrame, str]]:
+    """Per job, the blocks to rank its losses over, signed so that higher is better: its
+    variants' mean test metric when it has ``MIN_BLOCKS`` or more variants (Demšar 2006:
+    one block per data set), else one block per (variant, seed), so that a job with two
+    or three variants still gets average ranks and a Friedman test over its seeds.
+    Only the losses every variant of the job trained, and blocks where all of them
+    finished, are kept. Returns {job: (blocks x losses frame, what a block is)}."""
+    ok = compared(runs)
+    ok = ok[ok["status"] == "ok"]
+    if ok.empty:
+        return {}
+    sign = ok["maximize"].map(lambda m: 1.0 if str(m).lower() in ("true", "1") else -1.0)
+    ok = with_variant(ok).assign(signed=ok["test_final"].astype(float) * sign)
+    out = {}
+    for job, d in ok.groupby("job", sort=False):
+        losses_of = d.groupby("variant")["loss"].agg(set)
+        common = sorted(set.intersection(*losses_of))
+        if len(common) < 2 or len(losses_of) < 2:
+            continue
+        d = d[d["loss"].isin(common)]
+        if len(losses_of) >= MIN_BLOCKS:
+            table, unit = d.pivot_table(index="variant", columns="loss", values="signed",
+                                        aggfunc="mean"), "job variants"
+        else:
+            table, unit = d.pivot_table(index=["variant", "seed"], columns="loss",
+                                        values="signed", aggfunc="mean"), \
+                "(job variant, seed) pairs"
+        out[job] = (table[common].dropna(axis=0), unit)
+    return out
+
+
+def _across(runs, out: Path) -> tuple[list[str], list[Path]]:
+    """Per job with two or more variants sharing two or more losses: average ranks, the
+    Friedman test and a critical-difference diagram (autorank; ``rank_blocks``)."""
     import matplotlib.pyplot as plt
+    from autorank import autorank, plot_stats
 
-    from losscli.stats import across_variants, variant_tables
-
-    tables = variant_tables(runs)
-    means = pd.DataFrame({v: t.set_index("loss")["mean"] for v, t in tables.items()}).T
-    maximize = pd.Series({v: t.attrs["maximize"] for v, t in tables.items()})
-    try:
-        result = across_variants(means, maximize)
-    except Exception as exc:  # autorank refuses some shapes (e.g. fewer than 5 variants)
-        shared = means.dropna(axis=1).shape
-        return [f"Average ranks across job variants: not computed ({shared[0]} variants "
-                f"share {shared[1]} losses; autorank: {exc})."], None
-    if result is None:  # one variant, or fewer than 2 losses common to all of them
-        shared = means.dropna(axis=1).shape[1]
-        return ([] if len(means) < 2 else [
-            f"Average ranks across job variants: not computed ({shared} losses common to all "
-            f"{len(means)} variants; the Friedman test needs 2, and autorank 5 variants)."]), None
-    ranks = ", ".join(f"`{loss}` {r:.2f}" for loss, r in result.rankdf["meanrank"].items())
-    lines = [f"Across {means.dropna(axis=1).shape[0]} variants: average ranks {ranks}; "
-             f"Friedman p {_p(result.pvalue)}; critical difference {result.cd:.2f} "
-             f"(Nemenyi, alpha {ALPHA})."]
-    from autorank import plot_stats
-
-    plot_stats(result, allow_insignificant=True)
-    return lines, plots.save(plt.gcf(), out / "critical-difference.png")
+    lines, figures = [], []
+    for job, (table, unit) in rank_blocks(runs).items():
+        n_var = table.index.get_level_values(0).nunique()
+        if len(table) < MIN_BLOCKS:
+            lines.append(f"{job}: average ranks not computed ({len(table)} {unit}; the "
+                         f"Friedman test here needs {MIN_BLOCKS}).")
+            continue
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # autorank prints when forced
+                result = autorank(table, alpha=ALPHA, verbose=False, order="descending",
+                                  force_mode="nonparametric")
+        except Exception as exc:  # autorank refuses some shapes
+            lines.append(f"{job}: average ranks not computed (autorank: {exc}).")
+            continue
+        ranks = ", ".join(f"`{loss}` {r:.2f}" for loss, r in
+                          result.rankdf["meanrank"].sort_values(kind="stable").items())
+        cd = f"; critical difference {result.cd:.2f} (Nemenyi, alpha {ALPHA})" \
+            if result.cd is not None else ""
+        lines.append(f"{job}: across {len(table)} {unit} ({n_var} variants), average ranks "
+                     f"{ranks} (1 = best); Friedman p {_p(result.pvalue)}{cd}.")
+        plot_stats(result, allow_insignificant=True)
+        figures.append(plots.save(plt.gcf(), out / f"{job}-critical-difference.png"))
+    return lines, figures
 
 
 def build_report(run_dir: Path, out: Path | None = None, findings=()) -> tuple[Path, Path]:
@@ -319,9 +357,9 @@ def build_report(run_dir: Path, out: Path | None = None, findings=()) -> tuple[P
     runs, history = read_runs(run_dir), read_history(run_dir)
     meta = read_meta(run_dir)
     results = [evaluate_finding(f, runs) for f in findings]
-    lines, cd = _across(runs, out)
+    lines, cds = _across(runs, out)
     summary = Section("Summary: which loss to pick", " ".join(lines),
-                      [Table("", SUMMARY_HEAD, _summary_rows(runs))], [cd] if cd else [])
+                      [Table("", SUMMARY_HEAD, _summary_rows(runs))], cds)
     found = Section("Published findings", "", [Table("", FINDING_HEAD, [
         [f"{r.id}: {r.title}", f"**{r.verdict}**", r.evidence] for r in results])]) \
         if results else None
@@ -347,7 +385,10 @@ def _intro(run_dir: Path, meta: dict) -> list[str]:
 
 
 def _caption(path: Path) -> str:
-    return next((text for end, text in CAPTIONS.items() if path.stem.endswith(end)), "")
+    text = next((text for end, text in CAPTIONS.items() if path.stem.endswith(end)), "")
+    if path.stem.endswith("-critical-difference"):  # one per job: say which
+        return f"{path.stem.removesuffix('-critical-difference')}: {text}"
+    return text
 
 
 def _md_table(table: Table) -> str:

@@ -201,4 +201,47 @@ def test_tuned_run_shows_settings_tuning_sensitivity_and_both_rankings(tuned, tm
     both = _md_rows(text, "# | untuned (lr 0.0003)")
     assert [r[1] for r in both] == ["`best`", "`0.5*focal:gamma=2+dice`", "`worst_first`"]
     assert [r[3] for r in both] == ["`best`", "`worst_first`", ""]
-    assert page.read_text().count("data:image/png;base64,") == 6  # 2 + 2 + tuning, sensitivity
+    # 2 + 2 + tuning, sensitivity, and the CD diagram over the (untuned, tuned) x seed blocks
+    assert page.read_text().count("data:image/png;base64,") == 7
+    assert (tmp_path / "imbalanced-critical-difference.png").exists()
+
+
+def test_average_ranks_over_variant_seed_blocks_and_over_variants(tmp_path):
+    """rank_blocks: with fewer than 5 variants each (variant, seed) is a block; with 5 or
+    more, each variant's mean. A loss better in every block ranks 1.00; the CD diagram
+    is drawn per job and the summary names the ranks."""
+    import pandas as pd
+
+    from losscli.report import rank_blocks
+
+    def runs(n_variants: int, seeds: int) -> pd.DataFrame:
+        rows = []
+        for v in range(n_variants):
+            for seed in range(seeds):
+                for loss, value in (("good", 0.9), ("mid", 0.8 - 0.01 * seed), ("bad", 0.5)):
+                    rows.append(dict(vars(_result(run_key=f"{v}-{seed}-{loss}", loss=loss,
+                                                  seed=seed, test_final=value, val_final=value,
+                                                  steps=100 + v))))
+        return pd.DataFrame(rows)
+
+    few = rank_blocks(runs(2, 3))["imbalanced"]
+    assert few[1] == "(job variant, seed) pairs" and few[0].shape == (6, 3)
+    many = rank_blocks(runs(5, 2))["imbalanced"]
+    assert many[1] == "job variants" and many[0].shape == (5, 3)
+    lower = runs(2, 3).assign(maximize=False)  # lower is better: "bad" becomes the best
+    assert (rank_blocks(lower)["imbalanced"][0].idxmax(axis=1) == "bad").all()
+
+    root = tmp_path / "run"
+    store = ResultStore(root)
+    for steps in (300, 600):
+        for seed in range(3):
+            for loss, value in (("good", 0.9), ("mid", 0.8), ("bad", 0.5 + 0.01 * seed)):
+                store.append(_result(run_key=f"{steps}-{seed}-{loss}", loss=loss, seed=seed,
+                                     test_final=value, val_final=value, val_best=value,
+                                     steps=steps), [(0, "val", "auprc", 0.1),
+                                                    (steps, "val", "auprc", value)])
+    md, _ = build_report(root, tmp_path / "rep")
+    text = md.read_text()
+    assert "across 6 (job variant, seed) pairs (2 variants)" in text
+    assert "`good` 1.00, `mid` 2.00, `bad` 3.00" in text
+    assert (tmp_path / "rep" / "imbalanced-critical-difference.png").exists()
