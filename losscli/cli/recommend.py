@@ -41,7 +41,7 @@ def recommend_table(table):
     from rich.table import Table
     from rich.text import Text
 
-    from losscli.render import fmt_num
+    from losscli.render import fmt_num, tuned_text
 
     view = Table(title="recommendation per job variant (test split; seeds as samples)",
                  title_justify="left", show_lines=True)
@@ -52,5 +52,5 @@ def recommend_table(table):
         view.add_row(Text(r["variant"]), Text(r["pick"], style="bold"),
                      f"{fmt_num(r['mean'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]",
                      Text(r["not_significantly_worse"] or "–"), Text(r["verdict"]),
-                     Text(r["tuned"] or "–"), fmt_num(r["samples_per_s"], 0))
+                     Text(tuned_text(r["tuned"])), fmt_num(r["samples_per_s"], 0))
     return view
