@@ -101,8 +101,7 @@ def fixed_cost_per_trial(task: str, repeats: int = 3) -> tuple[float, float, int
     every ``TUNED_EVAL``) with the data already loaded: (wall - the trials' timed training
     seconds) / trials, the evals' share of it, and the number of trials; best of
     ``repeats``."""
-    from losscli.results import read_runs
-    from losscli.results import ResultStore
+    from losscli.results import ResultStore, read_runs
     from losscli.settings import Settings
     from losscli.suite import JobRequest
     from losscli.sweep import make_plan, tune_plan

@@ -32,8 +32,8 @@ from losscli.files import parse_table, read_text
 from losscli.results import WriteError, groups, seed_stats
 
 __all__ = ["ATOL", "BASELINE_COLUMNS", "K_STD", "RTOL", "STEPS_RTOL", "Verdict",
-           "check_baseline", "compare", "fewer_reached_p", "make_baseline", "read_baseline", "tolerance",
-           "write_junit"]
+           "check_baseline", "compare", "fewer_reached_p", "make_baseline", "read_baseline",
+           "tolerance", "write_junit"]
 
 ATOL, RTOL, K_STD, STEPS_RTOL = 0.005, 0.01, 3.0, 0.25
 FALSE_ALARM, POWER = 0.01, 0.8
