@@ -65,6 +65,20 @@ def _metric_by_seed(runs: pd.DataFrame, spec: str, metric: str) -> pd.Series:
     return pd.Series([json.loads(m)[metric] for m in g["test_metrics"]], index=g["seed"])
 
 
+def _typed(finding) -> dict:
+    """The finding's job options as the job stores them (``imbalance = 100`` is the
+    float 100.0, written ``"100.0"`` in runs.csv); as written when the job is unknown."""
+    from losscli.errors import UsageError
+    from losscli.jobs import job_class
+    from losscli.options import validate_options
+
+    try:
+        return validate_options(job_class(finding.task).option_specs, finding.options,
+                                finding.task)
+    except (KeyError, UsageError):
+        return dict(finding.options)
+
+
 def evaluate_finding(finding, runs: pd.DataFrame) -> FindingResult:
     """Each ``better`` loss against ``than`` on the test metric over shared seeds: effect,
     sign consistency, and Welch p corrected across the finding's comparisons (Holm).
@@ -73,7 +87,7 @@ def evaluate_finding(finding, runs: pd.DataFrame) -> FindingResult:
     p < 0.05; not reproduced: some ``better`` loss loses on average with corrected
     p < 0.05; else inconclusive.
     """
-    opts = json.dumps({k: str(v) for k, v in sorted(finding.options.items())})
+    opts = json.dumps({k: str(v) for k, v in sorted(_typed(finding).items())})
     sel = runs[(runs["job"] == finding.task) & (runs["job_options"] == opts)]
     if finding.steps is not None:
         sel = sel[sel["steps"] == finding.steps]

@@ -158,3 +158,12 @@ def test_fewer_seeds_reaching_the_target_is_judged_by_a_binomial_test():
     one_fewer = _runs({"a": [0.90, 0.92, 0.94, 0.93]}, "accuracy")
     one_fewer.loc[0, "steps_to_target"] = None
     assert compare(one_fewer, base)[0].ok
+
+
+def test_a_finding_matches_options_written_as_the_job_types_them():
+    """``imbalance = 10`` in a suite's finding selects runs whose job stored 10.0."""
+    runs = _runs({"mse": [1.0, 1.1, 0.9], "l1": [0.5, 0.55, 0.45]},
+                 options=json.dumps({"imbalance": "10.0"}))
+    finding = Finding(id="f", title="t", task="mnist", metric="rmse", better=("l1",),
+                      than="mse", maximize=False, options={"imbalance": 10})
+    assert evaluate_finding(finding, runs).verdict == "reproduced"
