@@ -663,7 +663,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_ctrl_c_on_a_pooled_sweep_exits_130_with_a_resume_line(tmp_path):
-    suite, out = _suite(tmp_path, seeds=4), tmp_path / "run"
+    # 300 steps a run: on an idle machine 20-step runs all finished between the first row
+    # and the signal (a fresh-clone CI saw exit 0), so nothing was left to interrupt
+    suite, out = _suite(tmp_path, seeds=4, steps=300), tmp_path / "run"
     cmd = _losscli("sweep", str(suite), "--out", str(out), "--device", "cpu", "--quiet",
                    "--workers", "2")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
