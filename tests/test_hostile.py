@@ -663,9 +663,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_ctrl_c_on_a_pooled_sweep_exits_130_with_a_resume_line(tmp_path):
-    # 300 steps a run: on an idle machine 20-step runs all finished between the first row
-    # and the signal (a fresh-clone CI saw exit 0), so nothing was left to interrupt
-    suite, out = _suite(tmp_path, seeds=4, steps=300), tmp_path / "run"
+    # 3,000 steps a run (about 2.5 s): with 20 or 300 steps all 20 runs finished within
+    # 3 s of the first row, before the signal (fresh-clone CIs saw exit 0 twice), leaving
+    # nothing to interrupt; the signal still comes right after the first row
+    suite, out = _suite(tmp_path, seeds=4, steps=3000), tmp_path / "run"
     cmd = _losscli("sweep", str(suite), "--out", str(out), "--device", "cpu", "--quiet",
                    "--workers", "2")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
