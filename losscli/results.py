@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -210,7 +211,7 @@ class ResultStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                holder = _holder_pid(fd)
                 raise UsageError(f"run directory {self.root} is in use by PID {holder} (another "
                                  "losscli writing its results); wait for it to finish or give "
                                  "another --out") from None
@@ -225,6 +226,17 @@ class ResultStore:
         retried)."""
         df = read_runs(self.root)
         return set(df.loc[df["status"].isin(["ok", "diverged", "pruned"]), "run_key"])
+
+
+def _holder_pid(fd: int, wait: float = 2.0) -> str:
+    """The PID the lock's holder wrote. The holder writes it just after taking the lock, so a
+    process refused in that instant polls briefly instead of reporting ``?``."""
+    deadline = time.monotonic() + wait
+    while True:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if holder or time.monotonic() >= deadline:
+            return holder or "?"
+        time.sleep(0.02)
 
 
 def _cell(value: Any) -> Any:

@@ -714,6 +714,29 @@ def test_a_second_writer_of_a_run_directory_is_refused_naming_the_holder(tmp_pat
         assert runner.invoke(app, args).exit_code == 0
 
 
+def test_a_writer_refused_while_the_holder_is_writing_its_pid_waits_for_the_pid(tmp_path):
+    """The holder writes its PID just after taking the lock; a process refused in between
+    must name that PID, not ``?`` (a fresh-clone CI once printed 'in use by PID ?')."""
+    import fcntl
+    import threading
+
+    from losscli.errors import UsageError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, PID not yet written
+        late = threading.Timer(0.3, lambda: os.pwrite(fd, b"4242\n", 0))
+        late.start()
+        with pytest.raises(UsageError, match="in use by PID 4242 "):
+            with ResultStore(out).locked():
+                pass
+        late.join()
+    finally:
+        os.close(fd)
+
+
 def test_two_sweep_processes_on_one_run_directory_never_duplicate_rows(tmp_path):
     """Started together: one takes the run directory's lock and runs every run; the other
     is refused at once, naming the first one's PID."""
