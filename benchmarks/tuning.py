@@ -26,12 +26,15 @@ from losscli.tuning import Tune
 
 
 def _wall(request: JobRequest, root: Path) -> tuple[float, pd.DataFrame]:
+    """Wall time and the runs, each with ``steps_done`` (its last validation eval)."""
     t = time.perf_counter()
     result = run([request], root, vectorise="never")
     wall = time.perf_counter() - t
-    from losscli.results import read_runs
+    from losscli.results import read_history, read_runs
 
-    return wall, read_runs(result.root)
+    runs, h = read_runs(result.root), read_history(result.root)
+    last = h[h["split"] == "val"].groupby("run_key")["step"].max()
+    return wall, runs.assign(steps_done=runs["run_key"].map(last))
 
 
 def main() -> None:
@@ -45,7 +48,7 @@ def main() -> None:
     base = JobRequest(task=args.task, losses=tuple(args.losses.split(",")),
                       seeds=tuple(range(args.seeds)), settings=Settings(steps=args.steps))
     tuned = JobRequest(**{**base.__dict__, "tune": Tune(lr=())})
-    plain, tuned_walls, per_trial = [], [], []
+    plain, tuned_walls, per_trial, trained = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             wall, _ = _wall(base, Path(tmp) / f"plain{r}")
@@ -53,6 +56,7 @@ def main() -> None:
             wall, runs = _wall(tuned, Path(tmp) / f"tuned{r}")
             tuned_walls.append(wall)
             trials = runs[runs["phase"] == "tune"]
+            trained.append(trials["steps_done"].sum() / args.steps / len(base.losses))
             per_trial.append((wall - runs["train_seconds"].sum()) / len(runs))
     ratio = [t / p for t, p in zip(tuned_walls, plain, strict=True)]
     k, s = len(base.losses), args.seeds
@@ -62,6 +66,8 @@ def main() -> None:
     print(f"untuned wall {med_plain:.1f} s, tuned {med_tuned:.1f} s ({len(trials)} trials), "
           f"ratio min/med/max {min(ratio):.2f} / {statistics.median(ratio):.2f} / "
           f"{max(ratio):.2f} (target <= 2)")
+    print(f"tuning trained {statistics.median(trained):.2f} full runs per loss "
+          f"(the trials' steps / {args.steps}; synchronous halving of 7 points: about 1.9)")
     print(f"fixed cost per run or trial (wall minus training steps): "
           f"{statistics.median(per_trial):.3f} s")
 

@@ -178,17 +178,19 @@ class SingleTrainer:
 
 def run_one(job: Job, data: JobData, loss: Loss, cfg: Settings, seed: int,
             on_step: Callable[[int], None] | None = None,
-            on_eval: Callable[[int, float], bool] | None = None) -> RunOutcome:
+            on_eval: Callable[[int, float], bool] | None = None,
+            eval_also: Sequence[int] = ()) -> RunOutcome:
     """Train ``job``'s model with ``loss`` for ``cfg.steps`` steps on ``data`` (already on
     ``cfg.device``). Never raises for a failing run: the outcome says ``error``.
 
     ``on_eval(step, validation primary metric)`` (a tuning trial): called after each eval;
     True stops the run as ``pruned``, and the test split is then never evaluated (a
-    trial with ``on_eval`` is scored on validation only)."""
+    trial with ``on_eval`` is scored on validation only). ``eval_also``: steps evaluated
+    besides :func:`eval_steps` (a trial's successive-halving rungs)."""
     if on_eval is None:
         return run_seeds(job, data, loss, cfg, [seed], on_step=on_step)[0]
     return _guarded(job, data, cfg, [seed], on_step,
-                    lambda: SingleTrainer(job, data, loss, cfg, seed), on_eval)[0]
+                    lambda: SingleTrainer(job, data, loss, cfg, seed), on_eval, eval_also)[0]
 
 
 def run_seeds(job: Job, data: JobData, loss: Loss, cfg: Settings, seeds: Sequence[int], *,
@@ -207,14 +209,15 @@ def run_seeds(job: Job, data: JobData, loss: Loss, cfg: Settings, seeds: Sequenc
                     lambda: StackedTrainer(job, data, loss, cfg, seeds))
 
 
-def _guarded(job, data, cfg, seeds, on_step, make_trainer, on_eval=None) -> list[RunOutcome]:
+def _guarded(job, data, cfg, seeds, on_step, make_trainer, on_eval=None, eval_also=()
+             ) -> list[RunOutcome]:
     device = torch.device(cfg.device)
     outs = [RunOutcome(status="ok") for _ in seeds]
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
-        train(make_trainer(), job, data, cfg, outs, on_step, on_eval)
+        train(make_trainer(), job, data, cfg, outs, on_step, on_eval, eval_also)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # an error is a result; the sweep goes on
@@ -256,15 +259,17 @@ class _SegmentTimer:
         return time.perf_counter() - self._start
 
 
-def eval_steps(cfg: Settings) -> list[int]:
-    """The steps after which the model is evaluated (the last step always)."""
+def eval_steps(cfg: Settings, also: Sequence[int] = ()) -> list[int]:
+    """The steps after which the model is evaluated (the last step always), and ``also``."""
     every = cfg.eval_every or max(1, cfg.steps // 10)
-    return sorted(set(range(every, cfg.steps + 1, every)) | {cfg.steps})
+    return sorted(set(range(every, cfg.steps + 1, every)) | {cfg.steps}
+                  | {s for s in also if 0 < s <= cfg.steps})
 
 
 def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
           outs: list[RunOutcome], on_step: Callable[[int], None] | None = None,
-          on_eval: Callable[[int, float], bool] | None = None) -> None:
+          on_eval: Callable[[int, float], bool] | None = None,
+          eval_also: Sequence[int] = ()) -> None:
     """The loop: timed steps between evals; each eval reads the running loss once (the one
     host sync of a segment), ends diverged seeds and scores the live ones on validation.
     After the last step, the test split scores each live seed's selected model (not for a
@@ -275,7 +280,7 @@ def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
         outs[k].evals.append((0, evaluate(job, models[k], data.val, trainer.objective)))
     warm = min(cfg.warmup_steps, cfg.steps - 1)  # untimed: allocator and kernel warm-up
     timer, running, step = _SegmentTimer(device), torch.zeros(len(outs), device=device), 0
-    for end in eval_steps(cfg):
+    for end in eval_steps(cfg, eval_also):
         first = step + 1
         for step in range(first, end + 1):
             if step == warm + 1:

@@ -456,7 +456,15 @@ def _trial(plan, store, first, number, params, ask_prune, stored, history, progr
         return tuning.Trial(curve, row["status"], float(row["val_final"]))
     data = plan.data[first.job.data_key]
     progress.start([spec])
-    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, progress.step, ask_prune)
+    tick = getattr(ask_prune, "tick", None)  # the tuner's per-step check (an interrupt)
+
+    def on_step(step: int, key: str = spec.key) -> None:
+        if tick is not None:
+            tick()
+        progress.step(step, key)  # by key: the trials of a rung take turns
+
+    out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, on_step, ask_prune,
+                  eval_also=tuning.rung_steps(spec.cfg.steps))
     curve = [(s, m[name]) for s, m in out.evals]
     result = result_of(spec, data, out, rung=tuning.rung_of(curve, spec.cfg.steps))
     _write(store, progress, spec, result, out)

@@ -30,11 +30,12 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["ThreadGovernor", "available_cpus", "cgroup_cpu_limit", "govern_torch_threads",
-           "note_start"]
+           "held", "note_start"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
@@ -42,6 +43,7 @@ PROC_STAT = Path("/proc/stat")
 Sample = tuple[float, float, float]  # (monotonic s, busy CPU s of our CPUs, our own CPU s)
 _START: Sample | None = None
 _GOVERNOR: ThreadGovernor | None = None
+_HELD = 0  # > 0: the count is held (:func:`held`)
 
 
 def note_start() -> None:
@@ -68,6 +70,8 @@ def govern_torch_threads(interval: float = 0.25) -> ThreadGovernor | None:
         last: list[weakref.ref] = []
 
         def at_new_optimizer(optimizer, args, kwargs) -> None:
+            if _HELD:
+                return
             if not last or last[0]() is not optimizer:  # otherwise well under a µs per step
                 last[:] = [weakref.ref(optimizer)]
                 governor()
@@ -76,6 +80,21 @@ def govern_torch_threads(interval: float = 0.25) -> ThreadGovernor | None:
         governor()
         _GOVERNOR = governor
     return _GOVERNOR
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Inside, the governor looks once (now) and then leaves the count alone: the trials of
+    a tuning rung take turns on their threads, each with its own optimizer, and each must
+    train at one count (:func:`govern_torch_threads`)."""
+    global _HELD
+    if _GOVERNOR is not None and not _HELD:
+        _GOVERNOR()
+    _HELD += 1
+    try:
+        yield
+    finally:
+        _HELD -= 1
 
 
 class ThreadGovernor:

@@ -14,8 +14,12 @@ runs each grid point exactly once across all of them:
   re-evaluates running points once the grid is exhausted, and popping enqueued trials is
   not atomic on SQLite.)
 - **Pruning.** Each trial reports its validation curve to the study; Optuna's
-  ``SuccessiveHalvingPruner`` compares it with the other processes' trials at each rung.
-  Trials left behind by a killed process are hidden from the pruner.
+  ``SuccessiveHalvingPruner`` compares it with the trials that reached each rung before
+  it, in any process (asynchronous halving, as in ASHA, Li et al. 2020). This differs
+  from the in-memory study's synchronous rungs (``losscli.tuning.tune_group``), which
+  compare every trial at a rung with all the others: here the first trials of the grid
+  run longer, a tuning costs more, and the winner can differ. Trials left behind by a
+  killed process are hidden from the pruner.
 - **Liveness.** A running trial records Optuna's heartbeat (``RDBStorage``'s
   ``heartbeat_interval``); one without a beat for ``GRACE_S`` is failed
   (``optuna.storages.fail_stale_trials``) and its point claimed again. On the same machine

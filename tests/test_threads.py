@@ -154,6 +154,28 @@ def test_govern_looks_when_each_run_starts(hooks, monkeypatch) -> None:
     assert len(looks) == 3
 
 
+def test_held_looks_once_then_leaves_the_count_while_trials_take_turns(hooks, monkeypatch
+                                                                      ) -> None:
+    """The trials of a tuning rung alternate optimizers on parked threads: inside
+    ``held()`` the governor looks once, at the start, and not at each switch."""
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    installed, looks = hooks
+    threads.govern_torch_threads()
+    hook = installed[0]
+    a, b = (torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1) for _ in range(2))
+    with threads.held():
+        assert len(looks) == 2  # installed, then once on entering
+        for opt in (a, b, a, b):
+            hook(opt, (), {})
+        with threads.held():  # nested: no second look
+            hook(a, (), {})
+        assert len(looks) == 2
+    hook(b, (), {})  # released: the next new optimizer is looked at again
+    assert len(looks) == 3
+
+
 def test_governor_caps_torch_at_the_available_cpus(machine, monkeypatch) -> None:
     import torch
 

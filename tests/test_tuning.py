@@ -43,13 +43,21 @@ def test_configure_sets_term_parameters_and_keeps_the_rest():
     assert loss.key == "focal:alpha=0.25,gamma=5+0.5*dice"
 
 
-def test_successive_halving_prunes_the_worse_trials_and_picks_the_best():
-    """A fake objective: the validation value is the lr itself, ramping up over steps."""
-    calls = []
-
+def _ramp(calls: list, fail: dict | None = None):
+    """A fake trial: its validation value is its lr times step/27 (27 steps, an eval every
+    3 steps); ``calls`` records (lr, outcome, last step) as each trial ends. ``fail``:
+    lr → (step, exception) raised there."""
     def run_trial(number, params, ask_prune):
         curve = [(0, 0.0)]
-        for step in range(3, 28, 3):
+        for step in range(1, 28):
+            getattr(ask_prune, "tick", lambda: None)()
+            if fail and params["lr"] in fail and step == fail[params["lr"]][0]:
+                if fail[params["lr"]][1] == "diverged":
+                    calls.append((params["lr"], "diverged", step))
+                    return Trial(curve, "diverged", float("nan"))
+                raise fail[params["lr"]][1]
+            if step % 3:
+                continue
             value = params["lr"] * step / 27
             curve.append((step, value))
             if ask_prune(step, value):
@@ -57,14 +65,53 @@ def test_successive_halving_prunes_the_worse_trials_and_picks_the_best():
                 return Trial(curve, "pruned", value)
         calls.append((params["lr"], "ok", 27))
         return Trial(curve, "ok", curve[-1][1])
+    return run_trial
 
-    space = {"lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]}
-    best = tune_group(space, 9, True, 27, run_trial)
-    assert best == {"lr": 0.9} or any(lr == 0.9 and s == "pruned" for lr, s, _ in calls)
-    assert len(calls) == 9 and any(s == "pruned" for _, s, _ in calls)
-    first, again = [lr for lr, _, _ in calls], []
-    tune_group(space, 9, True, 27, lambda n, p, a: again.append(p["lr"]) or run_trial(n, p, a))
-    assert again == first  # same order, same choices: seeded
+
+SPACE9 = {"lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]}
+
+
+def test_successive_halving_is_synchronous_keeps_a_third_per_rung_and_picks_the_best():
+    """Rungs at 27/9 = 3 and 27/3 = 9 steps: all nine trials reach step 3, the best three
+    (0.7-0.9) go on to step 9, the best of those to 27. Every trial is compared with all
+    the others at its rung, never only with those that happened to run before it."""
+    calls = []
+    assert tune_group(SPACE9, 9, True, 27, _ramp(calls)) == {"lr": 0.9}
+    assert sorted(calls) == sorted([(lr, "pruned", 3) for lr in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
+                                   + [(0.7, "pruned", 9), (0.8, "pruned", 9), (0.9, "ok", 27)])
+    assert [c[2] for c in calls] == [3] * 6 + [9] * 2 + [27]  # rows in rung order
+    again = []
+    tune_group(SPACE9, 9, True, 27, _ramp(again))
+    assert again == calls  # the same order, the same choices: seeded
+    lower = []  # minimising: the smallest values win
+    assert tune_group(SPACE9, 9, False, 27, _ramp(lower)) == {"lr": 0.1}
+    assert (0.1, "ok", 27) in lower and len([c for c in lower if c[1] == "ok"]) == 1
+
+
+def test_promotion_keeps_the_best_third_at_least_one_ties_to_the_lower_trial():
+    from losscli.tuning import promoted, rung_steps
+
+    assert promoted({0: 0.5, 1: 0.9, 2: 0.1, 3: 0.7, 4: 0.8, 5: 0.2, 6: 0.3}, True) == {1, 4}
+    assert promoted({0: 0.5, 1: 0.9, 2: 0.1, 3: 0.7, 4: 0.8, 5: 0.2, 6: 0.3}, False) == {2, 5}
+    assert promoted({3: 0.5, 1: 0.5}, True) == {1}
+    assert promoted({4: 1.0}, False) == {4}
+    assert rung_steps(27) == [3, 9] and rung_steps(450) == [50, 150] and rung_steps(4) == [1, 3]
+
+
+def test_a_diverged_trial_drops_out_and_an_interrupt_stops_every_parked_trial():
+    calls = []
+    assert tune_group(SPACE9, 9, True, 27, _ramp(calls, {0.9: (2, "diverged")})) == {"lr": 0.8}
+    assert (0.9, "diverged", 2) in calls and (0.8, "ok", 27) in calls
+    assert [c[0] for c in calls if c[2] == 9] == [0.7]  # 8 at rung 0: the best 2 go on
+    with pytest.raises(RuntimeError, match="boom"):  # a trial's exception reaches the caller
+        tune_group(SPACE9, 9, True, 27, _ramp(calls, {0.5: (2, RuntimeError("boom"))}))
+    import threading
+
+    calls = []
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the 8th trial trains to rung 0
+        tune_group(SPACE9, 9, True, 27, _ramp(calls, {0.2: (2, KeyboardInterrupt())}))
+    assert calls == []  # no parked trial wrote anything
+    assert not [t for t in threading.enumerate() if t.name.startswith("losscli-trial-")]
 
 
 def test_rung_of_counts_the_halvings_a_curve_passed():
