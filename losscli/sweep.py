@@ -398,7 +398,7 @@ def tune_plan(plan: Plan, store: ResultStore, progress: Progress | None = None,
 
         if storage is None:
             params = tuning.tune_group(space, budgets[_variant_of(first)], first.job.maximize,
-                                       first.cfg.steps, trial)
+                                       first.cfg.steps, trial, first.tune.first_rung)
         else:
             params = _tune_shared(storage, first, space, budgets[_variant_of(first)], trial,
                                   progress)
@@ -415,9 +415,10 @@ def _tune_shared(storage, first: RunSpec, space, budget: int, trial, progress: P
 
     name = tuning_storage.study_name(first.job.name, first.loss.key, {
         "run": first.key, "space": space, "trials": budget,
-        "pruner": [tuning.ETA, tuning.FIRST_RUNG]})
+        "pruner": [tuning.ETA, first.tune.first_rung]})
     return tuning_storage.tune_shared(storage, name, space, budget, first.job.maximize,
-                                      first.cfg.steps, trial, progress.phase)
+                                      first.cfg.steps, trial, progress.phase,
+                                      first.tune.first_rung)
 
 
 def _variant_of(spec: RunSpec) -> tuple:
@@ -464,9 +465,10 @@ def _trial(plan, store, first, number, params, ask_prune, stored, history, progr
         progress.step(step, key)  # by key: the trials of a rung take turns
 
     out = run_one(spec.job, data, spec.loss, spec.cfg, spec.seed, on_step, ask_prune,
-                  eval_also=tuning.rung_steps(spec.cfg.steps))
+                  eval_also=tuning.rung_steps(spec.cfg.steps, first.tune.first_rung))
     curve = [(s, m[name]) for s, m in out.evals]
-    result = result_of(spec, data, out, rung=tuning.rung_of(curve, spec.cfg.steps))
+    result = result_of(spec, data, out, rung=tuning.rung_of(curve, spec.cfg.steps,
+                                                            first.tune.first_rung))
     _write(store, progress, spec, result, out)
     return tuning.Trial(curve, out.status, result.val_final)
 

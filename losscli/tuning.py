@@ -41,11 +41,14 @@ SAMPLER_SEED = 0
 class Tune:
     """What to tune: the learning rate (a grid, or the default grid) and loss parameters
     (loss name → parameter → values). ``trials``: the budget per loss (default: the size
-    of the largest grid, so every loss's whole grid fits)."""
+    of the largest grid, so every loss's whole grid fits). ``first_rung``: successive
+    halving first compares the trials at budget / ``first_rung`` (default 9; 3 trades
+    cost for less short-horizon bias; 1: every trial trains the full budget)."""
 
     lr: tuple[float, ...] | None = None  # () = the default grid around the job's lr
     params: dict[str, dict[str, tuple]] = field(default_factory=dict)
     trials: int | None = None
+    first_rung: int = FIRST_RUNG  # the first comparison at budget / first_rung
 
     def grid(self, loss: Loss, default_lr: float) -> dict[str, list]:
         """The search space of ``loss``: ``lr`` and ``<term>.<param>`` axes."""
@@ -65,8 +68,9 @@ def lr_grid(default: float) -> tuple[float, ...]:
 
 def parse_tune(items: Sequence[str]) -> Tune | None:
     """``--tune lr``, ``--tune lr=[1e-4,1e-3]``, ``--tune focal:gamma=[0.5,1,2]``,
-    ``--tune trials=12`` (repeatable) → a ``Tune`` (None when nothing is tuned)."""
-    lr, params, trials = None, {}, None
+    ``--tune trials=12``, ``--tune first_rung=3`` (repeatable) → a ``Tune`` (None when
+    nothing is tuned)."""
+    lr, params, trials, first = None, {}, None, FIRST_RUNG
     for item in items:
         head, colon, body = item.partition(":")
         key, eq, value = head.partition("=")
@@ -74,18 +78,20 @@ def parse_tune(items: Sequence[str]) -> Tune | None:
             lr = _values(value, item, float) if eq else ()
         elif not colon and key.strip() == "trials" and eq:
             trials = _count(value, item)
+        elif not colon and key.strip() == "first_rung" and eq:
+            first = _count(value, item, "first_rung")
         elif colon and not eq:
             params.setdefault(head.strip(), {}).update(_param_grid(body, item))
         else:
-            raise UsageError(f"--tune takes lr, lr=[...], trials=N or LOSS:PARAM=[...], got "
-                             f"{item!r}")
-    return Tune(lr, params, trials) if lr is not None or params else None
+            raise UsageError(f"--tune takes lr, lr=[...], trials=N, first_rung=N or "
+                             f"LOSS:PARAM=[...], got {item!r}")
+    return Tune(lr, params, trials, first) if lr is not None or params else None
 
 
-def _count(text: str, item: str) -> int:
+def _count(text: str, item: str, what: str = "trials") -> int:
     value = parse_value(text.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"--tune {item}: trials must be an integer >= 1")
+        raise UsageError(f"--tune {item}: {what} must be an integer >= 1")
     return value
 
 
@@ -144,10 +150,10 @@ class Trial:
     value: float  # the final validation value (NaN unless ok)
 
 
-def rung_steps(steps: int) -> list[int]:
+def rung_steps(steps: int, first_rung: int = FIRST_RUNG) -> list[int]:
     """The steps where successive halving compares trials: budget/9, budget/3 (η = 3),
-    before the full budget."""
-    first, rungs = max(1, steps // FIRST_RUNG), []
+    before the full budget (from budget / ``first_rung``)."""
+    first, rungs = max(1, steps // first_rung), []
     while first * ETA ** len(rungs) < steps:
         rungs.append(first * ETA ** len(rungs))
     return rungs
@@ -170,11 +176,11 @@ class _Parked:
     """One trial on its own thread, run as a coroutine: it trains only while the tuner
     waits for it, and parks at each rung until the tuner has compared every trial there."""
 
-    def __init__(self, number: int, params: dict[str, Any], steps: int,
+    def __init__(self, number: int, params: dict[str, Any], rungs: list[int],
                  run_trial: Callable[[int, dict[str, Any], Callable], Trial]):
         import threading
 
-        self.number, self.params, self.rungs = number, params, rung_steps(steps)
+        self.number, self.params, self.rungs = number, params, rungs
         self.values: dict[int, float] = {}  # rung → validation value there
         self.outcome: Trial | None = None
         self.error: BaseException | None = None
@@ -238,7 +244,8 @@ class _Parked:
 
 
 def tune_group(space: dict[str, list], n_trials: int, maximize: bool, steps: int,
-               run_trial: Callable[[int, dict[str, Any], Callable], Trial]) -> dict[str, Any]:
+               run_trial: Callable[[int, dict[str, Any], Callable], Trial],
+               first_rung: int = FIRST_RUNG) -> dict[str, Any]:
     """Run (or replay) ``n_trials`` trials of one (variant, loss) and return the best
     completed trial's parameters.
 
@@ -267,13 +274,14 @@ def tune_group(space: dict[str, list], n_trials: int, maximize: bool, steps: int
     for params in order:
         study.enqueue_trial(params)
     asked = [study.ask() for _ in order]
-    parked = [_Parked(n, {k: t.suggest_categorical(k, v) for k, v in space.items()}, steps,
+    rungs = rung_steps(steps, first_rung)
+    parked = [_Parked(n, {k: t.suggest_categorical(k, v) for k, v in space.items()}, rungs,
                       run_trial) for n, t in enumerate(asked)]
     from losscli import threads
 
     try:
         with threads.held():  # one thread count for every trial (they take turns)
-            _halve(parked, steps, maximize)
+            _halve(parked, len(rungs), maximize)
     except BaseException:
         for p in parked:
             p.cancel()
@@ -296,9 +304,9 @@ def tune_group(space: dict[str, list], n_trials: int, maximize: bool, steps: int
     return dict(study.best_trial.params)
 
 
-def _halve(parked: list[_Parked], steps: int, maximize: bool) -> None:
+def _halve(parked: list[_Parked], n_rungs: int, maximize: bool) -> None:
     live = list(parked)
-    for rung in range(len(rung_steps(steps))):
+    for rung in range(n_rungs):
         for p in live:
             p.resume()
         there = {p.number: p.values[rung] for p in live
@@ -314,10 +322,10 @@ def _halve(parked: list[_Parked], steps: int, maximize: bool) -> None:
             p.resume()
 
 
-def rung_of(curve: list[tuple[int, float]], steps: int) -> int:
+def rung_of(curve: list[tuple[int, float]], steps: int, first_rung: int = FIRST_RUNG) -> int:
     """The successive-halving rung a trial's curve reached: 0 below budget/3, ..."""
     last = curve[-1][0] if curve else 0
-    first = max(1, steps // FIRST_RUNG)
+    first = max(1, steps // first_rung)
     rung = 0
     while last >= first * ETA ** (rung + 1):
         rung += 1

@@ -190,8 +190,8 @@ def grid_order(space: dict[str, list], n_trials: int) -> list[dict[str, Any]]:
 
 
 def tune_shared(storage, name: str, space: dict[str, list], n_trials: int, maximize: bool,
-                steps: int, run_trial: Callable, wait: Callable[[str], None] | None = None
-                ) -> dict[str, Any]:
+                steps: int, run_trial: Callable, wait: Callable[[str], None] | None = None,
+                first_rung: int | None = None) -> dict[str, Any]:
     """``losscli.tuning.tune_group`` on the shared study ``name`` in ``storage``: run this
     process's share of the grid, wait for the others', return the best parameters (the
     same in every process)."""
@@ -199,7 +199,7 @@ def tune_shared(storage, name: str, space: dict[str, list], n_trials: int, maxim
 
     order = grid_order(space, n_trials)
     study = _study(storage, name, maximize, _LivePruner(optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=max(1, steps // FIRST_RUNG), reduction_factor=ETA)))
+        min_resource=max(1, steps // (first_rung or FIRST_RUNG)), reduction_factor=ETA)))
     told = False
     while True:
         held = _held(_reap(study), len(order))

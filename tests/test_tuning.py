@@ -98,6 +98,23 @@ def test_promotion_keeps_the_best_third_at_least_one_ties_to_the_lower_trial():
     assert rung_steps(27) == [3, 9] and rung_steps(450) == [50, 150] and rung_steps(4) == [1, 3]
 
 
+def test_a_later_first_rung_compares_later_and_one_means_a_plain_grid():
+    """``--tune first_rung=3``: the first comparison at 27/3 = 9 steps (keeps 3), then the
+    full budget; ``first_rung=1``: no halving, every trial trains the whole budget."""
+    t = parse_tune(["lr", "first_rung=3"])
+    assert t.first_rung == 3 and parse_tune(["lr"]).first_rung == 9
+    with pytest.raises(UsageError, match="first_rung must be an integer"):
+        parse_tune(["lr", "first_rung=0"])
+    calls = []
+    assert tune_group(SPACE9, 9, True, 27, _ramp(calls), first_rung=3) == {"lr": 0.9}
+    assert sorted(calls) == sorted([(lr, "pruned", 9) for lr in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
+                                   + [(0.7, "ok", 27), (0.8, "ok", 27), (0.9, "ok", 27)])
+    assert rung_of([(0, 0), (9, 1)], 27, 3) == 0 and rung_of([(0, 0), (27, 1)], 27, 3) == 1
+    calls = []
+    assert tune_group(SPACE9, 9, True, 27, _ramp(calls), first_rung=1) == {"lr": 0.9}
+    assert sorted(calls) == sorted((lr, "ok", 27) for lr in SPACE9["lr"])
+
+
 def test_a_diverged_trial_drops_out_and_an_interrupt_stops_every_parked_trial():
     calls = []
     assert tune_group(SPACE9, 9, True, 27, _ramp(calls, {0.9: (2, "diverged")})) == {"lr": 0.8}

@@ -29,7 +29,8 @@ BUDGET = "Budget (defaults: the job's tasks/<job>.toml)"
 TUNE_HELP = (
     "Tune every loss equally on the validation split first (repeatable): 'lr' (7 rates "
     "over 3 decades around the job's), 'lr=[1e-4,1e-3]', 'focal:gamma=[0.5,1,2,5]', "
-    "'trials=N'. Successive halving (Optuna); the winner trains --seeds fresh seeds.")
+    "'trials=N', 'first_rung=N' (first comparison at budget/N, default 9; 1: no halving). "
+    "Synchronous successive halving; the winner trains --seeds fresh seeds.")
 
 
 class Select(str, Enum):
