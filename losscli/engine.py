@@ -209,15 +209,37 @@ def run_seeds(job: Job, data: JobData, loss: Loss, cfg: Settings, seeds: Sequenc
                     lambda: StackedTrainer(job, data, loss, cfg, seeds))
 
 
-def _guarded(job, data, cfg, seeds, on_step, make_trainer, on_eval=None, eval_also=()
-             ) -> list[RunOutcome]:
+def run_trials(job: Job, data: JobData, loss: Loss, cfgs: Sequence[Settings], seed: int,
+               on_evals: Callable[[int, dict[int, float]], set[int]],
+               on_pruned: Callable[[int, RunOutcome], None] | None = None,
+               on_step: Callable[[int], None] | None = None, eval_also: Sequence[int] = ()
+               ) -> list[RunOutcome]:
+    """Tuning trials of one loss that differ only in the learning rate, trained together as
+    one vmapped model with a learning rate per member (``vectorised.TrialStack``): the
+    same seed, so the same initial weights and batches as ``run_one`` gives each of them.
+
+    ``on_evals(step, {member: validation primary metric})`` is called after each eval and
+    returns the members to stop there as ``pruned`` (successive halving); they leave the
+    stack, so the rest train faster, and ``on_pruned(member, outcome)`` gets each at once
+    (its row can be written before the others finish). Trials never read the test split.
+    Never raises for a failing run: the outcomes say ``error``."""
+    from losscli.vectorised import TrialStack
+
+    return _guarded(job, data, cfgs[0], list(cfgs), on_step,
+                    lambda: TrialStack(job, data, loss, cfgs, seed), eval_also=eval_also,
+                    on_evals=on_evals, on_pruned=on_pruned)
+
+
+def _guarded(job, data, cfg, seeds, on_step, make_trainer, on_eval=None, eval_also=(),
+             on_evals=None, on_pruned=None) -> list[RunOutcome]:
     device = torch.device(cfg.device)
     outs = [RunOutcome(status="ok") for _ in seeds]
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
-        train(make_trainer(), job, data, cfg, outs, on_step, on_eval, eval_also)
+        train(make_trainer(), job, data, cfg, outs, on_step, on_eval, eval_also, on_evals,
+              on_pruned)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # an error is a result; the sweep goes on
@@ -269,11 +291,15 @@ def eval_steps(cfg: Settings, also: Sequence[int] = ()) -> list[int]:
 def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
           outs: list[RunOutcome], on_step: Callable[[int], None] | None = None,
           on_eval: Callable[[int, float], bool] | None = None,
-          eval_also: Sequence[int] = ()) -> None:
+          eval_also: Sequence[int] = (),
+          on_evals: Callable[[int, dict[int, float]], set[int]] | None = None,
+          on_pruned: Callable[[int, RunOutcome], None] | None = None) -> None:
     """The loop: timed steps between evals; each eval reads the running loss once (the one
     host sync of a segment), ends diverged seeds and scores the live ones on validation.
-    After the last step, the test split scores each live seed's selected model (not for a
-    tuning trial, which ``on_eval`` marks; see ``run_one``)."""
+    After the last step, the test split scores each live seed's selected model (not for
+    tuning trials, which ``on_eval`` or ``on_evals`` mark; see ``run_one`` and
+    ``run_trials``). A member that ends early leaves the trainer (``drop``) where it can."""
+    trial = on_eval is not None or on_evals is not None
     device, models = torch.device(cfg.device), trainer.models()
     live, chosen = list(range(len(outs))), {}
     for k in live:
@@ -289,9 +315,13 @@ def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
             if on_step is not None:
                 on_step(step)
         if timer.running:
-            _add_time(outs, live, timer.stop(), (end - max(warm, first - 1)) * cfg.batch_size)
+            # a seed stack trains every seed (a diverged one too); a trial stack its live ones
+            share = len(live) if hasattr(trainer, "drop") else len(outs)
+            _add_time(outs, live, timer.stop(), (end - max(warm, first - 1)) * cfg.batch_size,
+                      share)
         means = (running / (end - first + 1)).tolist()  # the one host sync per eval
         running.zero_()
+        before = live
         live = _after_eval(job, data, trainer, models, outs, live, end, means)
         if cfg.select == "best":
             _keep_best(job, trainer, outs, live, chosen)
@@ -299,6 +329,15 @@ def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
                 job.primary_metric]):
             outs[0].status = "pruned"
             return
+        if on_evals is not None and live:
+            stop = on_evals(end, {k: outs[k].evals[-1][1][job.primary_metric] for k in live})
+            for k in sorted(stop & set(live)):
+                outs[k].status = "pruned"
+                if on_pruned is not None:
+                    on_pruned(k, outs[k])
+            live = [k for k in live if k not in stop]
+        for k in set(before) - set(live):
+            _drop(trainer, k)
         if not live:
             return
         if warm < end < cfg.steps:
@@ -308,7 +347,7 @@ def train(trainer: Trainer, job: Job, data: JobData, cfg: Settings,
         outs[k].loss_ms_per_step = per_seed[k]
         step_k, model = chosen.get(k, (cfg.steps, models[k]))
         outs[k].selected_step = step_k
-        if on_eval is None:  # a tuning trial never reads the test split
+        if not trial:  # a tuning trial never reads the test split
             scores = evaluate_test(job, model, data, trainer.objective)
             outs[k].test, outs[k].series = scores.metrics, scores.series
 
@@ -325,9 +364,17 @@ def _keep_best(job: Job, trainer: Trainer, outs: list[RunOutcome], live: list[in
             chosen[k] = (outs[k].evals[-1][0], trainer.snapshot(k))
 
 
-def _add_time(outs: list[RunOutcome], live: list[int], seconds: float, samples: int) -> None:
-    for k in live:  # stacked seeds share the time evenly
-        outs[k].train_seconds += seconds / len(outs)
+def _drop(trainer: Trainer, k: int) -> None:
+    """Member ``k`` ended (pruned, diverged): a trainer that can stop training it does."""
+    drop = getattr(trainer, "drop", None)
+    if drop is not None:
+        drop(k)
+
+
+def _add_time(outs: list[RunOutcome], live: list[int], seconds: float, samples: int,
+              share: int) -> None:
+    for k in live:  # the members trained in the segment share its time evenly
+        outs[k].train_seconds += seconds / share
         outs[k].timed_samples += samples
 
 

@@ -371,10 +371,12 @@ def execute(plan: Plan, store: ResultStore, *, runs: Sequence[RunSpec] | None = 
 
 
 def tune_plan(plan: Plan, store: ResultStore, progress: Progress | None = None,
-              storage: Any = None) -> Plan:
+              storage: Any = None, vectorise: str = "auto") -> Plan:
     """The plan with each tuned (variant, loss) replaced by its winner's final runs, after
     running (or replaying from ``store``) its trials; see ``losscli.tuning``. ``storage``:
-    an Optuna RDB storage shared with other processes (``losscli.tuning_storage``)."""
+    an Optuna RDB storage shared with other processes (``losscli.tuning_storage``).
+    ``vectorise``: whether the learning-rate trials of a loss may train as one vmapped
+    model (``auto``: where the plan's calibration finds stacking faster, as for seeds)."""
     from dataclasses import replace
 
     from losscli import tuning
@@ -396,9 +398,16 @@ def tune_plan(plan: Plan, store: ResultStore, progress: Progress | None = None,
         def trial(n, p, ask, first=first):
             return _trial(plan, store, first, n, p, ask, stored, history, progress)
 
+        def stack(trials, halving, first=first):
+            return _trial_stack(plan, store, first, trials, halving, stored, history,
+                                progress)
+
+        budget = budgets[_variant_of(first)]
         if storage is None:
-            params = tuning.tune_group(space, budgets[_variant_of(first)], first.job.maximize,
-                                       first.cfg.steps, trial, first.tune.first_rung)
+            stacked = _stack_trials(plan, first, space, budget, vectorise, progress)
+            params = tuning.tune_group(space, budget, first.job.maximize, first.cfg.steps,
+                                       trial, first.tune.first_rung,
+                                       run_stack=stack if stacked else None)
         else:
             params = _tune_shared(storage, first, space, budgets[_variant_of(first)], trial,
                                   progress)
@@ -419,6 +428,67 @@ def _tune_shared(storage, first: RunSpec, space, budget: int, trial, progress: P
     return tuning_storage.tune_shared(storage, name, space, budget, first.job.maximize,
                                       first.cfg.steps, trial, progress.phase,
                                       first.tune.first_rung)
+
+
+def _stack_trials(plan: Plan, first: RunSpec, space: dict[str, list], budget: int,
+                  vectorise: str, progress: Progress) -> bool:
+    """Whether the trials of ``first``'s loss train as one vmapped model: only learning
+    rates are searched (a loss parameter changes the loss itself), and the calibration
+    finds a stack of that many members faster, as it decides for seeds."""
+    if vectorise == "never" or set(space) != {"lr"} or budget < 2:
+        return False
+    if vectorise == "always":
+        return True
+    progress.phase(f"calibrating {first.job.name}: stack {budget} trials?")
+    return plan.calibration.choose(first.job, plan.data[first.job.data_key], first.loss,
+                                   first.cfg, list(range(budget)))
+
+
+def _trial_stack(plan, store, first, trials, make_halving, stored, history, progress):
+    """The trials of one loss (``trials``: number, params): the stored ones read back, the
+    others trained together (``engine.run_trials``), halving deciding at each rung; each
+    row written as its trial ends (a pruned one at its rung)."""
+    from dataclasses import replace
+
+    from losscli import tuning
+    from losscli.engine import run_trials
+
+    name, steps, first_rung = first.job.primary_metric, first.cfg.steps, first.tune.first_rung
+    specs = {n: replace(first, loss=tuning.configure(first.loss, p),
+                        cfg=tuning.settings_with(first.cfg, p), phase="tune", trial=n,
+                        tuned=tuning.describe(p), tune=None) for n, p in trials}
+    outcomes: dict[int, tuning.Trial] = {}
+    for n, spec in specs.items():
+        if spec.key in stored.index and stored.loc[spec.key, "status"] != "error":
+            h = history[(history["run_key"] == spec.key) & (history["split"] == "val")
+                        & (history["metric"] == name)].sort_values("step")
+            curve = list(zip(h["step"].astype(int), h["value"].astype(float), strict=True))
+            outcomes[n] = tuning.Trial(curve, stored.loc[spec.key, "status"],
+                                       float(stored.loc[spec.key, "val_final"]))
+    todo = [n for n in specs if n not in outcomes]
+    halving = make_halving(todo, {n: t.curve for n, t in outcomes.items()})
+    if not todo:
+        return outcomes
+    data = plan.data[first.job.data_key]
+
+    def finish(k: int, out) -> None:
+        spec = specs[todo[k]]
+        curve = [(s, m[name]) for s, m in out.evals]
+        result = result_of(spec, data, out, len(todo),
+                           rung=tuning.rung_of(curve, steps, first_rung))
+        _write(store, progress, spec, result, out)
+        outcomes[todo[k]] = tuning.Trial(curve, out.status, result.val_final)
+
+    progress.start([specs[n] for n in todo])
+    outs = run_trials(first.job, data, first.loss, [specs[n].cfg for n in todo], first.seed,
+                      lambda step, values: {todo.index(n) for n in halving.decide(
+                          step, {todo[k]: v for k, v in values.items()})},
+                      finish, progress.step,
+                      eval_also=tuning.rung_steps(steps, first_rung))
+    for k, out in enumerate(outs):
+        if todo[k] not in outcomes:  # completed, diverged or errored: written now
+            finish(k, out)
+    return outcomes
 
 
 def _variant_of(spec: RunSpec) -> tuple:
@@ -513,7 +583,7 @@ def run(requests: Sequence[JobRequest], root: Path, *, device: str = "cpu",
                                      "the ranks share (sqlite:///RUN_DIR/optuna.db on one "
                                      "machine, postgresql://USER@HOST/DB across machines)")
                 plan = tune_plan(plan, store, bars, tuning_storage.open_storage(tune_storage)
-                                 if tune_storage else None)
+                                 if tune_storage else None, vectorise=vectorise)
             mine = shard(plan.runs, rank, world)
             done = store.finished_keys()
             if rank == 0:

@@ -28,8 +28,8 @@ from losscli.errors import UsageError
 from losscli.losses import Loss, create_loss
 from losscli.losses.registry import format_value, parse_value
 
-__all__ = ["LR_FACTORS", "Tune", "lr_grid", "parse_tune", "promoted", "rung_steps",
-           "tune_group"]
+__all__ = ["LR_FACTORS", "Halving", "Tune", "lr_grid", "parse_tune", "promoted",
+           "rung_steps", "tune_group"]
 
 # the default learning-rate grid: the job's lr times 10^(-1.5 .. 1.5) in half decades
 LR_FACTORS = (10 ** -1.5, 0.1, 10 ** -0.5, 1.0, 10 ** 0.5, 10.0, 10 ** 1.5)
@@ -243,9 +243,36 @@ class _Parked:
             self._thread.join(timeout=30)
 
 
+class Halving:
+    """Synchronous successive halving decided in one place, for trials that train together
+    (a ``TrialStack``): at each rung, the trials that reached it (trained ones reporting
+    now, and stored ones from their curves) are compared with :func:`promoted`, as
+    :func:`_halve` compares parked trials; the same rule, the same choices."""
+
+    def __init__(self, rungs: list[int], maximize: bool, numbers: Sequence[int],
+                 stored: dict[int, list[tuple[int, float]]]):
+        self.rungs, self.maximize, self.stored = rungs, maximize, stored
+        self.alive = set(numbers) | set(stored)  # promoted at every rung so far
+
+    def decide(self, step: int, values: dict[int, float]) -> set[int]:
+        """The trained trials (``values``: trial number → validation value at ``step``) to
+        stop here as pruned: none between rungs; at a rung, those not promoted."""
+        if step not in self.rungs:
+            return set()
+        there = {n: v for n, v in values.items() if n in self.alive and math.isfinite(v)}
+        for n, curve in self.stored.items():
+            at = dict(curve).get(step)
+            if n in self.alive and at is not None and math.isfinite(at):
+                there[n] = at
+        self.alive = promoted(there, self.maximize) if there else set()
+        return set(values) - self.alive
+
+
 def tune_group(space: dict[str, list], n_trials: int, maximize: bool, steps: int,
                run_trial: Callable[[int, dict[str, Any], Callable], Trial],
-               first_rung: int = FIRST_RUNG) -> dict[str, Any]:
+               first_rung: int = FIRST_RUNG,
+               run_stack: Callable[[list[tuple[int, dict[str, Any]]], Halving],
+                                   dict[int, Trial]] | None = None) -> dict[str, Any]:
     """Run (or replay) ``n_trials`` trials of one (variant, loss) and return the best
     completed trial's parameters.
 
@@ -262,6 +289,12 @@ def tune_group(space: dict[str, list], n_trials: int, maximize: bool, steps: int
     reports; run one after another, its first trials always reach the full budget (29 of
     63 seg trials did). Optuna keeps the study: the grid points in ``GridSampler``'s
     seeded order (``grid_order``), each trial's curve, its state and the best trial.
+
+    ``run_stack(trials, halving)`` (trials that differ only in the learning rate): returns
+    every trial's outcome, training the ones not stored together as one vmapped model and
+    asking ``halving.decide`` at each eval which of them stop; the stored ones it reads
+    back and passes to the ``Halving`` it makes with ``stack_halving``. The same schedule
+    and choices as trial-by-trial halving (to float rounding in the trained values).
     """
     import optuna
 
@@ -275,24 +308,31 @@ def tune_group(space: dict[str, list], n_trials: int, maximize: bool, steps: int
         study.enqueue_trial(params)
     asked = [study.ask() for _ in order]
     rungs = rung_steps(steps, first_rung)
-    parked = [_Parked(n, {k: t.suggest_categorical(k, v) for k, v in space.items()}, rungs,
-                      run_trial) for n, t in enumerate(asked)]
+    params = [{k: t.suggest_categorical(k, v) for k, v in space.items()} for t in asked]
     from losscli import threads
 
-    try:
-        with threads.held():  # one thread count for every trial (they take turns)
-            _halve(parked, len(rungs), maximize)
-    except BaseException:
-        for p in parked:
-            p.cancel()
-        raise
-    for t, p in zip(asked, parked, strict=True):
-        outcome = p.outcome
+    if run_stack is not None:
+        with threads.held():
+            outcomes = run_stack(list(enumerate(params)), _StackHalving(rungs, maximize))
+        pruned = [False] * len(asked)
+    else:
+        parked = [_Parked(n, p, rungs, run_trial) for n, p in enumerate(params)]
+        try:
+            with threads.held():  # one thread count for every trial (they take turns)
+                _halve(parked, len(rungs), maximize)
+        except BaseException:
+            for p in parked:
+                p.cancel()
+            raise
+        outcomes = {p.number: p.outcome for p in parked}
+        pruned = [p.prune for p in parked]
+    for n, t in enumerate(asked):
+        outcome = outcomes[n]
         assert outcome is not None
         for step, value in outcome.curve[1:]:
             if math.isfinite(value):
                 t.report(value, step)
-        if outcome.status == "pruned" or (outcome.status == "ok" and p.prune):
+        if outcome.status == "pruned" or (outcome.status == "ok" and pruned[n]):
             study.tell(t, state=optuna.trial.TrialState.PRUNED)
         elif outcome.status == "ok" and math.isfinite(outcome.value):
             study.tell(t, outcome.value)
@@ -302,6 +342,18 @@ def tune_group(space: dict[str, list], n_trials: int, maximize: bool, steps: int
     if not complete:
         raise RuntimeError("no tuning trial completed (all diverged, errored or pruned)")
     return dict(study.best_trial.params)
+
+
+class _StackHalving:
+    """What ``run_stack`` gets: a maker of the ``Halving`` for its trials, given the curves
+    of the stored ones."""
+
+    def __init__(self, rungs: list[int], maximize: bool):
+        self.rungs, self.maximize = rungs, maximize
+
+    def __call__(self, numbers: Sequence[int], stored: dict[int, list[tuple[int, float]]]
+                 ) -> Halving:
+        return Halving(self.rungs, self.maximize, numbers, stored)
 
 
 def _halve(parked: list[_Parked], n_rungs: int, maximize: bool) -> None:

@@ -3,6 +3,9 @@
 ``StackedTrainer`` has the engine's trainer interface, so ``engine.train`` runs it as it
 runs one seed. Element-wise optimizers (Adam, AdamW, SGD) on the stacked tensors update
 each seed exactly as its own optimizer would; each seed keeps its own init and batch order.
+``TrialStack`` does the same for tuning trials that differ only in the learning rate: one
+seed (one init, one batch stream), a parameter group, with its own learning rate, per
+member; a pruned member leaves the stack.
 
 Whether stacking is faster is measured, not assumed: ``Calibration`` (owned by a plan's
 execution, not by this module) times a few steps each way once per job and settings, and
@@ -24,7 +27,7 @@ from losscli.jobs import Job, JobData
 from losscli.losses import Loss
 from losscli.settings import Settings
 
-__all__ = ["Calibration", "StackedTrainer"]
+__all__ = ["Calibration", "StackedTrainer", "TrialStack"]
 
 
 class StackedTrainer:
@@ -69,6 +72,87 @@ class StackedTrainer:
     def loss_ms(self) -> list[float]:
         return [loss_ms(m, self.objective, b, self.device)
                 for m, b in zip(self.models(), self.batches, strict=True)]
+
+
+class TrialStack:
+    """Trials of one loss at different learning rates as one vmapped model.
+
+    Every member starts from the same initial weights and reads the same batches (the
+    trial seed), as ``run_one`` would give each trial. Each member's weights are leaves of
+    their own, in a parameter group of their own with the member's learning rate, so the
+    optimizer (Adam, AdamW, SGD, weight decay included) updates each exactly as its own
+    optimizer would; each step stacks the live members' weights, vmaps the forward and
+    the loss over them (the batch is shared, not copied) and backpropagates into the
+    leaves. ``drop(k)``: member k stops training (pruned or diverged): the stack shrinks.
+    """
+
+    def __init__(self, job: Job, data: JobData, loss: Loss, cfgs: Sequence[Settings],
+                 seed: int):
+        from torch.func import functional_call, vmap
+
+        self.device, self.n = torch.device(cfgs[0].device), len(cfgs)
+        torch.manual_seed(seed)
+        model = job.build_model(data).to(self.device)
+        self.names = [n for n, _ in model.named_parameters()]
+        self.members = [{n: p.detach().clone().requires_grad_(True)
+                         for n, p in model.named_parameters()} for _ in cfgs]
+        self.buffers = [{n: b.clone() for n, b in model.named_buffers()} for _ in cfgs]
+        self.base = copy.deepcopy(model).to("meta")
+        self.objective = job.bind(loss, data)
+        self.functional_call = functional_call
+        self.live = list(range(self.n))
+
+        def member_loss(params, buffers, x, y):
+            output = functional_call(self.base, (params, buffers), (x,))
+            return self.objective(output.float(), y)
+
+        self.batched_loss = vmap(member_loss, in_dims=(0, 0, None, None))
+        self.opt = make_optimizer(cfgs[0], [
+            {"params": list(m.values()), "lr": cfg.lr} for m, cfg in
+            zip(self.members, cfgs, strict=True)])
+        self.batches = Batches(data, cfgs[0].batch_size, seed)
+
+    def step(self) -> Tensor:
+        x, y = self.batches.next()
+        params = {n: torch.stack([self.members[k][n] for k in self.live]) for n in self.names}
+        buffers = {n: torch.stack([self.buffers[k][n] for k in self.live])
+                   for n in self.buffers[0]}
+        values = self.batched_loss(params, buffers, x, y)
+        self.opt.zero_grad(set_to_none=True)  # a dropped member's grad stays None: no step
+        values.sum().backward()  # members share no parameter: each gets its own gradient
+        self.opt.step()
+        out = torch.zeros(self.n, device=self.device, dtype=values.dtype)
+        out[self.live] = values.detach()
+        return out
+
+    def drop(self, k: int) -> None:
+        if k in self.live:
+            self.live.remove(k)
+
+    def models(self) -> list[nn.Module]:
+        return [_Member(self, k) for k in range(self.n)]
+
+    def snapshot(self, k: int) -> nn.Module:
+        return _Member(self, k, frozen=True)
+
+    def loss_ms(self) -> list[float]:
+        return [loss_ms(_Member(self, k), self.objective, self.batches, self.device)
+                if k in self.live else math.nan for k in range(self.n)]
+
+
+class _Member(nn.Module):
+    """Member k of a trial stack, as a module for evaluation."""
+
+    def __init__(self, stack: TrialStack, k: int, frozen: bool = False):
+        super().__init__()
+        self.stack, self.k = stack, k
+        self.frozen = ({n: p.detach().clone() for n, p in stack.members[k].items()},
+                       {n: b.clone() for n, b in stack.buffers[k].items()}) if frozen else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.stack
+        return s.functional_call(s.base, self.frozen or (s.members[self.k], s.buffers[self.k]),
+                                 (x,))
 
 
 class _SeedSlice(nn.Module):

@@ -231,3 +231,51 @@ def test_select_best_scores_the_best_validation_checkpoint(job_data, scratch_reg
     accs = [m["accuracy"] for _, m in out.evals]
     assert out.selected_step == 20 and accs[1] == max(accs[1:])
     assert out.test["accuracy"] > 0.8  # the step-20 model, not the unlearned final one
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_a_trial_stack_trains_each_member_at_its_own_learning_rate(job_data, optimizer):
+    """Trials at three learning rates trained as one vmapped model reach what ``run_one``
+    gives each on its own (same seed): the per-member learning rate (and weight decay) is
+    really applied; one shared rate would make the members identical."""
+    from dataclasses import replace
+
+    from losscli.engine import run_trials
+
+    job, data = job_data
+    base = replace(CFG, steps=40, eval_every=10, optimizer=optimizer, weight_decay=1e-3)
+    cfgs = [replace(base, lr=lr) for lr in (1e-3, 1e-2, 5e-2)]
+    loss = create_loss("focal:gamma=2")
+    asked = []
+    stack = run_trials(job, data, loss, cfgs, 0,
+                       lambda step, values: asked.append((step, sorted(values))) or set())
+    assert asked == [(s, [0, 1, 2]) for s in (10, 20, 30, 40)]
+    for cfg, got in zip(cfgs, stack, strict=True):
+        one = run_one(job, data, loss, cfg, seed=0, on_eval=lambda step, value: False)
+        assert got.status == one.status == "ok", got.error
+        assert got.test == one.test == {}  # trials never read the test split
+        for (s1, a), (s2, b) in zip(one.evals, got.evals, strict=True):
+            assert s1 == s2 and a == pytest.approx(b, abs=1e-5)
+        for (_, a), (_, b) in zip(one.train_loss, got.train_loss, strict=True):
+            assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    assert stack[0].evals[-1] != stack[2].evals[-1]
+
+
+def test_a_pruned_member_leaves_the_stack_at_once(job_data):
+    from losscli.engine import run_trials
+
+    job, data = job_data
+    cfgs = [CFG.__class__(**{**CFG.__dict__, "lr": lr}) for lr in (1e-3, 1e-2, 3e-2)]
+    ended, asked = [], []
+
+    def on_evals(step, values):
+        asked.append((step, sorted(values)))
+        return {0} if step == 20 else ({2} if step == 40 else set())
+
+    outs = run_trials(job, data, create_loss("ce"), cfgs, 0, on_evals,
+                      lambda k, out: ended.append((k, out.status, out.steps_done)))
+    assert asked == [(20, [0, 1, 2]), (40, [1, 2]), (60, [1])]
+    assert ended == [(0, "pruned", 20), (2, "pruned", 40)]
+    assert [o.status for o in outs] == ["pruned", "ok", "pruned"]
+    assert [o.steps_done for o in outs] == [20, 60, 40]
+    assert math.isnan(outs[0].loss_ms_per_step) and outs[1].loss_ms_per_step > 0

@@ -169,3 +169,114 @@ def test_tuned_train_then_kill_9_resumes_every_trial_exactly_once(tmp_path):
     assert got["run_key"].is_unique and set(got["run_key"]) == set(want["run_key"])
     chosen = lambda df: df[df["phase"] == "final"].groupby("loss")["tuned"].first()  # noqa: E731
     assert chosen(got).to_dict() == chosen(want).to_dict()
+
+
+def _ramp_stack(calls: list, fail: dict | None = None, stored: dict | None = None):
+    """``_ramp``'s trials trained together, as ``engine.run_trials`` trains a stack: every
+    live trial steps at once and the halving decides at each eval which stop. ``stored``:
+    lr → curve of a trial read back instead of trained (a resumed study)."""
+    stored = stored or {}
+
+    def run_stack(trials, make_halving):
+        outcomes = {n: Trial(stored[p["lr"]], "pruned", stored[p["lr"]][-1][1])
+                    for n, p in trials if p["lr"] in stored}
+        todo = {n: p["lr"] for n, p in trials if n not in outcomes}
+        halving = make_halving(list(todo), {n: t.curve for n, t in outcomes.items()})
+        curves = {n: [(0, 0.0)] for n in todo}
+        live = list(todo)
+        for step in range(1, 28):
+            for n in list(live):
+                if fail and todo[n] in fail and step == fail[todo[n]][0]:
+                    calls.append((todo[n], "diverged", step))
+                    outcomes[n] = Trial(curves[n], "diverged", float("nan"))
+                    live.remove(n)
+            if step % 3:
+                continue
+            values = {n: todo[n] * step / 27 for n in live}
+            for n, v in values.items():
+                curves[n].append((step, v))
+            for n in sorted(halving.decide(step, values)):
+                calls.append((todo[n], "pruned", step))
+                outcomes[n] = Trial(curves[n], "pruned", values[n])
+                live.remove(n)
+        for n in live:
+            calls.append((todo[n], "ok", 27))
+            outcomes[n] = Trial(curves[n], "ok", curves[n][-1][1])
+        return outcomes
+    return run_stack
+
+
+@pytest.mark.parametrize(("maximize", "first_rung", "fail"), [
+    (True, 9, None), (False, 9, None), (True, 3, None), (True, 1, None),
+    (True, 9, {0.9: (2, "diverged")}), (False, 9, {0.1: (5, "diverged")})])
+def test_stacked_trials_halve_as_parked_trials_do(maximize, first_rung, fail):
+    """The halving a trial stack asks at each eval stops the same trials at the same rungs
+    and picks the same winner as trial-by-trial halving."""
+    one, together = [], []
+    best = tune_group(SPACE9, 9, maximize, 27, _ramp(one, fail), first_rung)
+    assert tune_group(SPACE9, 9, maximize, 27, None, first_rung,
+                      run_stack=_ramp_stack(together, fail)) == best
+    assert sorted(together) == sorted(one)
+
+
+def test_a_resumed_trial_stack_compares_stored_trials_at_their_rungs():
+    """After a kill, the trials pruned at the first rung are stored: the stack trains only
+    the others, and the stored values still take part in the rung comparison (a stack
+    that ignored them would keep the best third of three, not the three best of nine)."""
+    first = []
+    tune_group(SPACE9, 9, True, 27, None, run_stack=_ramp_stack(first))
+    stored = {lr: [(0, 0.0), (3, lr * 3 / 27)] for lr in SPACE9["lr"]
+              if (lr, "pruned", 3) in first}
+    assert len(stored) == 6
+    again = []
+    assert tune_group(SPACE9, 9, True, 27, None,
+                      run_stack=_ramp_stack(again, stored=stored)) == {"lr": 0.9}
+    assert sorted(again) == [(0.7, "pruned", 9), (0.8, "pruned", 9), (0.9, "ok", 27)]
+
+
+def _stack_cmd(out, vectorise: str) -> list[str]:
+    return [sys.executable, "-m", "losscli", "train", *TINY, "--loss", "mse", "--loss", "l1",
+            "--tune", "lr", "--seeds", "2", "--vectorise", vectorise, "--out", str(out)]
+
+
+def test_stacked_trials_write_the_rows_and_choices_of_one_by_one_trials(tmp_path):
+    """``--vectorise always``: each loss's 7 learning-rate trials train as one vmapped model.
+    The same trials (run keys) stop at the same rungs with the same validation values (to
+    float rounding) and the same winners as trained one by one; then kill -9 while the
+    stack trains and the same command: every trial once, the same choices."""
+    runs = {}
+    for way in ("never", "always"):
+        subprocess.run(_stack_cmd(tmp_path / way, way), check=True, capture_output=True,
+                       timeout=600)
+        runs[way] = pd.read_csv(tmp_path / way / "runs.csv").set_index("run_key")
+    one, stack = runs["never"], runs["always"]
+    assert set(one.index) == set(stack.index)
+    tune = one.index[one["phase"] == "tune"]
+    assert len(tune) == 14
+    assert stack.loc[tune, "status"].tolist() == one.loc[tune, "status"].tolist()
+    assert stack.loc[tune, "rung"].tolist() == one.loc[tune, "rung"].tolist()
+    assert (stack.loc[tune, "seeds_together"] == 7).all()  # one stack of 7 per loss
+    assert (one.loc[tune, "seeds_together"] == 1).all()
+    pruned = tune[one.loc[tune, "status"] == "pruned"]
+    assert stack.loc[pruned, "val_final"].to_numpy() == pytest.approx(
+        one.loc[pruned, "val_final"].to_numpy(), rel=1e-4)
+    chosen = lambda df: df[df["phase"] == "final"].groupby("loss")["tuned"].first()  # noqa: E731
+    assert chosen(stack).to_dict() == chosen(one).to_dict()
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_stack_cmd(out, "always"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "runs.csv").exists() and len(pd.read_csv(out / "runs.csv")) >= 5:
+            proc.send_signal(signal.SIGSTOP)  # the rows of a rung are there: kill now
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(pd.read_csv(out / "runs.csv"))
+    assert 5 <= written < len(stack)
+    subprocess.run(_stack_cmd(out, "always"), check=True, capture_output=True, timeout=600)
+    got = pd.read_csv(out / "runs.csv")
+    assert got["run_key"].is_unique and set(got["run_key"]) == set(stack.index)
+    assert chosen(got.set_index("run_key")).to_dict() == chosen(stack).to_dict()
