@@ -313,6 +313,8 @@ def test_small_table_trains_full_batch_unless_asked_otherwise(tables):
                                               "with --dataset diabetes"),
     ({"dataset": "engel", "csv": "t.csv", "target_column": "y"}, "two tables"),
     ({"dataset": "boston"}, "one of generated, diabetes, stackloss, engel"),
+    ({"dataset": "stackloss", "clean_val": True}, "--clean-val: --dataset stackloss's "
+                                                  "validation targets are clean already"),
 ])
 def test_real_table_option_rules(options, message):
     with pytest.raises(UsageError, match=message):
@@ -328,3 +330,41 @@ def test_cli_trains_on_a_real_table(tables, tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert set(runs["status"]) == {"ok"} and (runs["batch_size"] == 13).all()
     assert "statsmodels stackloss" in runs["data_source"].iloc[0]
+
+
+def test_clean_val_unshifts_the_validation_targets_and_nothing_else():
+    """--clean-val: the same validation rows, their targets before the outlier shift (the
+    noise kept); training and test unchanged. Default: contaminated like training."""
+    dirty = create_job("reg", n_train=400, n_val=200, n_test=100).load_data()
+    clean = create_job("reg", n_train=400, n_val=200, n_test=100, clean_val=True).load_data()
+    for split in ("train", "test"):
+        assert torch.equal(getattr(dirty, split).x, getattr(clean, split).x)
+        assert torch.equal(getattr(dirty, split).y, getattr(clean, split).y)
+    assert torch.equal(dirty.val.x, clean.val.x)
+    shifted = dirty.val.extra["outlier"]
+    assert 0.1 < shifted.float().mean() < 0.3 and not clean.val.extra["outlier"].any()
+    assert torch.equal(dirty.val.y[~shifted], clean.val.y[~shifted])  # noise kept
+    sd = dirty.train.y[~dirty.train.extra["outlier"]].std()
+    gap = (dirty.val.y - clean.val.y)[shifted] / sd
+    assert gap.min() > 4 and gap.max() < 11  # the 5-10 sd shift, measured in target sd
+    assert "clean validation targets" in clean.source
+
+
+def test_clean_val_lets_validation_rank_robust_losses_as_test_does():
+    """With outliers, contaminated validation favours mse (it fits the outliers); clean
+    validation ranks l1 first, as the clean test split does."""
+    from losscli.engine import run_one
+
+    def val_and_test(**options):
+        job = create_job("reg", **options)
+        data = job.load_data()
+        cfg = job.settings(data, Settings(steps=300))
+        outs = {name: run_one(job, data, create_loss(name), cfg, seed=0)
+                for name in ("mse", "l1")}
+        return ({n: o.evals[-1][1]["rmse"] for n, o in outs.items()},
+                {n: o.test["rmse"] for n, o in outs.items()})
+
+    (val, test), (clean, clean_test) = val_and_test(), val_and_test(clean_val=True)
+    assert test == clean_test  # the same training: only validation differs
+    assert test["l1"] < test["mse"] and clean["l1"] < clean["mse"]
+    assert val["mse"] < val["l1"]  # contaminated validation prefers the outlier fit

@@ -46,6 +46,7 @@ class RegressionData:
     test_y: Tensor
     outlier: Tensor  # bool [n_train]
     source: str
+    train_y_clean: Tensor | None = None  # the training targets before the outlier shift
 
 
 def _unit_noise(kind: str, n: int, gen: torch.Generator) -> Tensor:
@@ -98,12 +99,13 @@ def make_regression(
     x = torch.randn(n, features, generator=gen)
     f = _clean_target(x, nonlinearity, gen)  # standardised over train and test together
     eps = _unit_noise(noise, n_train, gen)
-    train_y = f[:n_train] + noise_scale * eps
-    train_y, outlier = _shift_outliers(train_y, outliers, gen)
+    clean = f[:n_train] + noise_scale * eps
+    train_y, outlier = _shift_outliers(clean, outliers, gen)
     source = (f"generated: {n_train} train / {n_test} test, {features} features, "
               f"nonlinearity {nonlinearity:g}, {noise} noise x{noise_scale:g}, "
               f"{_describe_outliers(outlier)}, seed {seed}")
-    return RegressionData(x[:n_train], train_y, x[n_train:], f[n_train:], outlier, source)
+    return RegressionData(x[:n_train], train_y, x[n_train:], f[n_train:], outlier, source,
+                          clean)
 
 
 def _shift_outliers(y: Tensor, fraction: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -168,7 +170,8 @@ def load_csv_regression(
     source = (f"{path.name}: {n - n_test} train / {n_test} test rows, target {target_column!r}, "
               + note + (f", {_describe_outliers(outlier)}" if outliers else ""))
     return RegressionData(train[:, :-1].contiguous(), train_y.contiguous(),
-                          test[:, :-1].contiguous(), test[:, -1].contiguous(), outlier, source)
+                          test[:, :-1].contiguous(), test[:, -1].contiguous(), outlier, source,
+                          train[:, -1].contiguous())
 
 
 MAX_CSV_BYTES = 256 << 20

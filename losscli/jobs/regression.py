@@ -88,7 +88,11 @@ class RegressionJob(Job):
                high=1),
         Option("n_train", int, 2000, "training samples", low=2),
         Option("n_val", int, 500, "validation samples, generated like the training ones "
-               "(outliers and noise included: a tuner never sees clean targets)", low=2),
+               "(outliers and noise included: a tuner never sees clean targets, unless "
+               "--clean-val)", low=2),
+        Option("clean_val", bool, False, "validation targets without the outlier shift "
+               "(noise kept): tuning and selection then favour the fit to clean targets, "
+               "as test scores it; default: contaminated like training"),
         Option("n_test", int, 1000, "test samples (clean targets)", low=2),
         Option("data_seed", int, 0, "seed of the generated data or of the CSV split", low=0),
         Option("csv", str, None, "your own table instead of generated data (with --target)"),
@@ -109,6 +113,9 @@ class RegressionJob(Job):
         if "csv" in o and self.table:
             raise UsageError(f"--csv and --dataset {self.table} are two tables: give one")
         given = [k for k in _SYNTHETIC_ONLY if k in o]
+        if self.table and o.get("clean_val"):
+            raise UsageError(f"--clean-val: --dataset {self.table}'s validation targets are "
+                             "clean already (its outliers shift training targets only)")
         if ("csv" in o or self.table) and given:
             raise UsageError(", ".join("--" + k.replace("_", "-") for k in given)
                              + " only apply to generated data, not with "
@@ -135,10 +142,15 @@ class RegressionJob(Job):
             return self._table_data()
         d, n_val = self._data()
         tr, va = hold_out(len(d.train_y), n_val, self.option("data_seed"))
-        data = JobData(Split(d.train_x[tr], d.train_y[tr], {"outlier": d.outlier[tr]}),
-                       Split(d.train_x[va], d.train_y[va], {"outlier": d.outlier[va]}),
+        if self.option("clean_val"):  # the same rows, their targets before the shift
+            val = Split(d.train_x[va], d.train_y_clean[va],
+                        {"outlier": torch.zeros(len(va), dtype=torch.bool)})
+        else:
+            val = Split(d.train_x[va], d.train_y[va], {"outlier": d.outlier[va]})
+        data = JobData(Split(d.train_x[tr], d.train_y[tr], {"outlier": d.outlier[tr]}), val,
                        Split(d.test_x, d.test_y), d.source)
-        data.source += f"; {data.sizes()}"
+        data.source += f"; {data.sizes()}" + ("; clean validation targets"
+                                              if self.option("clean_val") else "")
         return data
 
     def _table_data(self) -> JobData:
