@@ -314,9 +314,9 @@ def shard(runs: list[RunSpec], rank: int, world_size: int) -> list[RunSpec]:
 def _stack(plan: Plan, group: list[RunSpec], data: JobData, vectorise: str,
            progress: Progress) -> bool:
     """Whether the seeds of ``group`` train as one vmapped model (see ``vectorised``)."""
-    if len(group) < 2 or vectorise == "never":
-        return False
     first = group[0]
+    if len(group) < 2 or vectorise == "never" or first.cfg.bf16:
+        return False  # bf16: a vmapped forward does not autocast, so one seed at a time
     if vectorise == "always":
         return True
     progress.phase(f"calibrating {first.job.name}: stack {len(group)} seeds?")
@@ -435,7 +435,7 @@ def _stack_trials(plan: Plan, first: RunSpec, space: dict[str, list], budget: in
     """Whether the trials of ``first``'s loss train as one vmapped model: only learning
     rates are searched (a loss parameter changes the loss itself), and the calibration
     finds a stack of that many members faster, as it decides for seeds."""
-    if vectorise == "never" or set(space) != {"lr"} or budget < 2:
+    if vectorise == "never" or set(space) != {"lr"} or budget < 2 or first.cfg.bf16:
         return False
     if vectorise == "always":
         return True

@@ -9,7 +9,9 @@ member; a pruned member leaves the stack.
 
 Whether stacking is faster is measured, not assumed: ``Calibration`` (owned by a plan's
 execution, not by this module) times a few steps each way once per job and settings, and
-checks per loss that vmap can batch it.
+checks per loss that vmap can batch it. Stacks train in fp32: ``torch.autocast`` inside
+the vmapped function leaves the forward in float32 (measured, torch 2.14 on CPU), so
+``--bf16`` runs are never stacked (``sweep`` decides).
 """
 
 from __future__ import annotations

@@ -279,3 +279,17 @@ def test_a_pruned_member_leaves_the_stack_at_once(job_data):
     assert [o.status for o in outs] == ["pruned", "ok", "pruned"]
     assert [o.steps_done for o in outs] == [20, 60, 40]
     assert math.isnan(outs[0].loss_ms_per_step) and outs[1].loss_ms_per_step > 0
+
+
+def test_bf16_runs_are_never_stacked():
+    """A vmapped forward does not autocast: --bf16 seeds and trials train one at a time,
+    even with --vectorise always (stacking would train them in fp32 under a bf16 label)."""
+    from types import SimpleNamespace
+
+    from losscli.settings import Settings as S
+    from losscli.sweep import _stack, _stack_trials
+
+    for bf16, want in ((True, False), (False, True)):
+        spec = SimpleNamespace(cfg=S(bf16=bf16))
+        assert _stack(None, [spec, spec], None, "always", None) is want
+        assert _stack_trials(None, spec, {"lr": [1e-3, 1e-2]}, 2, "always", None) is want
