@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,12 @@ from losscli.losses import Loss
 from losscli.settings import Settings
 
 __all__ = ["Calibration", "StackedTrainer", "TrialStack"]
+
+# vmap's fallback for an op without a batching rule (det's scatter_) warns of "a
+# performance drop"; the calibration measures the speed and decides, so the warning only
+# clutters a sweep's output
+warnings.filterwarnings("ignore", message="There is a performance drop because we have "
+                        "not yet implemented the batching rule", category=UserWarning)
 
 
 class StackedTrainer:
