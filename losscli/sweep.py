@@ -460,9 +460,7 @@ def _trial_stack(plan, store, first, trials, make_halving, stored, history, prog
     outcomes: dict[int, tuning.Trial] = {}
     for n, spec in specs.items():
         if spec.key in stored.index and stored.loc[spec.key, "status"] != "error":
-            h = history[(history["run_key"] == spec.key) & (history["split"] == "val")
-                        & (history["metric"] == name)].sort_values("step")
-            curve = list(zip(h["step"].astype(int), h["value"].astype(float), strict=True))
+            curve = _stored_curve(history, spec.key, name)
             outcomes[n] = tuning.Trial(curve, stored.loc[spec.key, "status"],
                                        float(stored.loc[spec.key, "val_final"]))
     todo = [n for n in specs if n not in outcomes]
@@ -491,6 +489,13 @@ def _trial_stack(plan, store, first, trials, make_halving, stored, history, prog
     return outcomes
 
 
+def _stored_curve(history, key: str, metric: str) -> list[tuple[int, float]]:
+    """A stored trial's validation curve of ``metric``, (step, value) in step order."""
+    h = history[(history["run_key"] == key) & (history["split"] == "val")
+                & (history["metric"] == metric)].sort_values("step")
+    return list(zip(h["step"].astype(int), h["value"].astype(float), strict=True))
+
+
 def _variant_of(spec: RunSpec) -> tuple:
     return (spec.job.data_key, spec.cfg)
 
@@ -517,9 +522,7 @@ def _trial(plan, store, first, number, params, ask_prune, stored, history, progr
                    tuned=tuning.describe(params), tune=None)
     name = first.job.primary_metric
     if spec.key in stored.index and stored.loc[spec.key, "status"] != "error":
-        h = history[(history["run_key"] == spec.key) & (history["split"] == "val")
-                    & (history["metric"] == name)].sort_values("step")
-        curve = list(zip(h["step"].astype(int), h["value"].astype(float), strict=True))
+        curve = _stored_curve(history, spec.key, name)
         for step, value in curve[1:]:  # the same pruning questions, in the same order
             if ask_prune(step, value):
                 break
